@@ -1,0 +1,193 @@
+"""Data page: import a set (upload or local path), read the import report, browse pairs."""
+import base64
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import common
+from mmviz.data import DataFormatError
+from mmviz.store import Dataset, name_from_path
+
+PAGE_SIZE = 100
+UPLOAD_TYPES = ["zip", "json", "csv", "tsv", "jsonl", "parquet", "npy", "npz"]
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def browse_table(version_path: str, name: str) -> pd.DataFrame:
+    """The pairs table plus thumbnail data URLs, cached per stored version."""
+    ds = Dataset(name, Path(version_path))
+    t = ds.table().copy()
+    thumbs = ds.thumbnails()
+    t["thumbnail"] = [("data:image/jpeg;base64," + base64.b64encode(thumbs[i]).decode()) if i in thumbs else None
+                      for i in t["id"]]
+    t["caption"] = t["captions"].map(lambda c: c[0] if c else "")
+    t["n_captions"] = t["captions"].map(len)
+    return t
+
+
+def run_import(source: str, name: str, copy_images: bool) -> None:
+    ws = common.workspace()
+    bar = st.progress(0.0, text="Reading…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Checking images: {done:,} / {total:,}")
+
+    try:
+        res = ws.import_path(source, name or None, copy_images=copy_images, progress=progress)
+    except (DataFormatError, ValueError) as e:
+        bar.empty()
+        st.session_state["last_import"] = {"error": str(e)}
+        return
+    bar.empty()
+    st.session_state["last_import"] = {"name": res.dataset.name, "status": res.status, "report": res.report.to_dict()}
+    common.select_dataset_next_run(res.dataset.name)
+    st.rerun()
+
+
+def import_section() -> None:
+    st.subheader("Import")
+    up_tab, path_tab = st.tabs(["Upload", "Local path"])
+    with up_tab:
+        up = st.file_uploader(
+            "A zip of an image folder (metadata.jsonl/csv), COCO captions + images, a CSV/JSONL table with "
+            "images, or .npy/.npz vectors", type=UPLOAD_TYPES, key="upload")
+        name = st.text_input("Dataset name", value=name_from_path(up.name) if up else "", key="upload_name")
+        if st.button("Import upload", disabled=up is None, type="primary"):
+            tmp = common.workspace().home / "uploads" / uuid.uuid4().hex
+            tmp.mkdir(parents=True)
+            try:
+                target = tmp / Path(up.name).name
+                with open(target, "wb") as f:
+                    shutil.copyfileobj(up, f, 1 << 20)
+                run_import(str(target), name, copy_images=True)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    with path_tab:
+        path = st.text_input("Folder or file on this machine", key="local_path",
+                             placeholder="/data/coco/annotations/captions_val2017.json")
+        lname = st.text_input("Dataset name", value=name_from_path(path) if path else "", key="local_name")
+        copy = st.checkbox("Copy images into the workspace", value=False,
+                           help="Otherwise images are referenced where they are; moving them breaks the dataset.")
+        if st.button("Import path", disabled=not path.strip()):
+            run_import(path.strip(), lname, copy)
+    show_last_import()
+
+
+def show_last_import() -> None:
+    last = st.session_state.get("last_import")
+    if not last:
+        return
+    if "error" in last:
+        st.error(last["error"], icon=":material/error:")
+        return
+    rep = last["report"]
+    verb = {"created": "Imported", "updated": "Re-imported", "unchanged": "Already imported, unchanged:"}[last["status"]]
+    skipped = rep["skipped"]
+    st.success(f"{verb} **{last['name']}** ({rep['format']}): {rep['kept']:,} pairs kept, "
+               f"{len(skipped):,} rows skipped.", icon=":material/check_circle:")
+    for w in rep["warnings"]:
+        st.warning(w)
+    if skipped:
+        with st.expander(f"Skipped rows ({len(skipped):,})", expanded=len(skipped) <= 20):
+            st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")
+
+
+def browse_section(ds: Dataset) -> None:
+    m = ds.manifest
+    st.subheader(f"Browse {ds.name}")
+    cols = st.columns(4)
+    cols[0].metric("Pairs", f"{m['pairs']:,}")
+    cols[1].metric("Captions", f"{m['captions']:,}")
+    cols[2].metric("Images", f"{m['images']:,}")
+    cols[3].metric("Vectors", f"{m['dim']}-d" if m.get("dim") else "none yet",
+                   help=m.get("vector_model") or "Embed the set with a model to get vectors")
+    st.caption(f"From {m['source']} ({m['format']}), images {m['images_stored']}. "
+               f"Import report: {ds.report.summary()}.")
+
+    table = browse_table(str(ds.path), ds.name)
+    query = st.text_input("Search captions", key="search", placeholder="substring, e.g. dog")
+    hits = table
+    if query.strip():
+        q = query.strip().lower()
+        hits = table[table["captions"].map(lambda caps: any(q in c.lower() for c in caps))
+                     | table["id"].str.lower().str.contains(q, regex=False)]
+    pages = max(1, -(-len(hits) // PAGE_SIZE))
+    left, right = st.columns([3, 1])
+    left.write(f"{len(hits):,} of {len(table):,} pairs match." if query.strip() else f"{len(table):,} pairs.")
+    page = right.number_input("Page", 1, pages, 1, key="page") if pages > 1 else 1
+    view = hits.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    show = ["thumbnail", "id", "caption", "n_captions"] + [c for c in m.get("extras", []) if c in view][:4]
+    if view["thumbnail"].isna().all():
+        show.remove("thumbnail")
+    event = st.dataframe(
+        view[show], hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+        key="pairs_table", row_height=64 if "thumbnail" in show else None,
+        column_config={
+            "thumbnail": st.column_config.ImageColumn("Image", width="small"),
+            "id": st.column_config.TextColumn("Id"),
+            "caption": st.column_config.TextColumn("First caption", width="large"),
+            "n_captions": st.column_config.NumberColumn("Captions", width="small"),
+        })
+    if view.empty:
+        return
+    selected = event.selection.rows if event is not None else []
+    ids = view["id"].tolist()
+    if selected:
+        st.session_state["pair_id"] = ids[selected[0]]
+    if st.session_state.get("pair_id") not in ids:
+        st.session_state["pair_id"] = ids[0]
+    captions = dict(zip(view["id"], view["caption"]))
+    pair_id = st.selectbox("Open pair", ids, key="pair_id", format_func=lambda i: f"{i} · {captions[i][:80]}",
+                           help="Or click a row in the table")
+    pair_detail(ds, table, pair_id)
+
+
+def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
+    idx = int(np.flatnonzero(table["id"].to_numpy() == pair_id)[0])
+    row = table.iloc[idx]
+    left, right = st.columns([1, 2])
+    with left:
+        path = ds.image_path(idx)
+        if path is not None and path.is_file():
+            st.image(str(path), width="stretch")
+            st.caption(f"{row['width']}×{row['height']} px · sha256 {str(row['image_sha256'])[:12]}…")
+        elif path is not None:
+            st.warning(f"Image not found at {path}: it was referenced in place and has moved.")
+        else:
+            st.info("No image: this set holds precomputed vectors only.")
+    with right:
+        st.markdown(f"**{pair_id}**")
+        for c in row["captions"]:
+            st.markdown(f"- {c}")
+        extras = {k: row[k] for k in ds.manifest.get("extras", []) if k in row.index}
+        if extras:
+            st.json(extras, expanded=False)
+        vecs = ds.vectors()
+        if vecs is not None:
+            cos = float(np.dot(vecs[0][idx], vecs[1][idx]))
+            st.metric("cos(image, text)", f"{cos:.3f}", help=f"Paired cosine under {ds.manifest['vector_model']}")
+
+
+def manage_section(ds: Dataset) -> None:
+    with st.expander("Delete this dataset"):
+        sure = st.checkbox(f"Yes, delete {ds.name} and everything stored with it", key="confirm_delete")
+        if st.button("Delete", disabled=not sure):
+            common.workspace().delete(ds.name)
+            st.session_state.pop("last_import", None)
+            st.rerun()
+
+
+st.title("Data")
+import_section()
+ds = common.current_dataset()
+if ds is None:
+    st.info("No dataset yet. Upload a zip or type a local path above.")
+else:
+    st.divider()
+    browse_section(ds)
+    manage_section(ds)

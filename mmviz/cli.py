@@ -1,0 +1,207 @@
+"""The `mmviz` command line: import, list, show, delete datasets; launch the app."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .data import DataFormatError, ImportLimits
+from .store import Workspace
+
+APP_MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def _err(msg: str) -> int:
+    print(f"mmviz: error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+class _Bar:
+    """tqdm progress bar on stderr (rate and ETA), silent when stderr is not a terminal."""
+
+    def __init__(self, desc: str, quiet: bool):
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr,
+                            disable=not sys.stderr.isatty() and not os.environ.get("MMVIZ_PROGRESS"))
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_import(ws: Workspace, args) -> int:
+    limits = ImportLimits.from_env()
+    if args.max_pixels:
+        limits.max_pixels = args.max_pixels
+    bar = _Bar("checking images", args.quiet)
+    try:
+        res = ws.import_path(args.path, args.name, copy_images=args.copy, images_dir=args.images,
+                             captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar)
+    except (DataFormatError, ValueError) as e:
+        return _err(str(e))
+    finally:
+        bar.close()
+    r, ds = res.report, res.dataset
+    verb = {"created": "imported", "updated": "re-imported (replaced previous version)",
+            "unchanged": "already imported, unchanged"}[res.status]
+    print(f"{ds.name}: {verb}. {r.summary()}")
+    for w in r.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    limit = None if args.verbose else 20
+    for s in r.skipped[:limit]:
+        print(f"  skipped {s}")
+    if limit and len(r.skipped) > limit:
+        print(f"  ... and {len(r.skipped) - limit} more (see: mmviz show {ds.name} --skipped)")
+    return EXIT_OK
+
+
+def cmd_list(ws: Workspace, args) -> int:
+    rows = ws.list()
+    if args.json:
+        print(json.dumps([{k: m[k] for k in ("name", "format", "pairs", "captions", "images", "vector_model", "dim", "created", "source")}
+                          for m in rows], indent=2))
+        return EXIT_OK
+    if not rows:
+        print(f"no datasets in {ws.home} (add one: mmviz import PATH --name NAME)", file=sys.stderr)
+        return EXIT_OK
+    header = ("NAME", "PAIRS", "CAPTIONS", "IMAGES", "VECTORS", "FORMAT", "CREATED")
+    table = [header] + [(m["name"], str(m["pairs"]), str(m["captions"]), str(m["images"]),
+                         f"{m['vector_model']} ({m['dim']}-d)" if m.get("vector_model") else "-",
+                         m["format"], m["created"]) for m in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def cmd_show(ws: Workspace, args) -> int:
+    try:
+        ds = ws.open(args.name)
+    except KeyError as e:
+        return _err(e.args[0])
+    m = ds.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return EXIT_OK
+    print(f"name:      {m['name']}")
+    print(f"source:    {m['source']} ({m['format']})")
+    print(f"pairs:     {m['pairs']} ({m['captions']} captions, {m['images']} images, {m['images_stored']})")
+    if m.get("vector_model"):
+        print(f"vectors:   {m['vector_model']}, {m['dim']}-d")
+    if m.get("extras"):
+        print(f"columns:   {', '.join(m['extras'])}")
+    print(f"created:   {m['created']}")
+    print(f"location:  {ds.path}")
+    rep = ds.report
+    print(f"report:    {rep.summary()}")
+    for w in rep.warnings:
+        print(f"warning:   {w}")
+    if args.skipped:
+        for s in rep.skipped:
+            print(f"  skipped {s}")
+    t = ds.table()
+    if args.rows:
+        print()
+        for _, row in t.head(args.rows).iterrows():
+            caps = " | ".join(row["captions"])
+            print(f"{row['id']}\t{caps}")
+    return EXIT_OK
+
+
+def cmd_delete(ws: Workspace, args) -> int:
+    status = EXIT_OK
+    for name in args.names:
+        try:
+            ws.delete(name)
+            print(f"deleted {name}")
+        except (KeyError, ValueError) as e:
+            status = _err(e.args[0])
+    return status
+
+
+def cmd_app(ws: Workspace, args) -> int:
+    if not APP_MAIN.is_file():
+        return _err(f"app not found at {APP_MAIN}; run mmviz from a source checkout (pip install -e .)")
+    env = dict(os.environ, MMVIZ_HOME=str(ws.home))
+    max_mb = args.max_upload_mb or ImportLimits.from_env().max_upload_mb
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN),
+           "--server.address", args.host, "--server.port", str(args.port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.maxUploadSize", str(max_mb)]
+    print(f"mmviz app on http://{args.host}:{args.port} (workspace {ws.home}); Ctrl-C stops it", file=sys.stderr)
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmviz", description="See and fix the geometry of image-text embedding spaces.")
+    p.add_argument("--home", help="workspace folder (default: $MMVIZ_HOME or ~/.mmviz)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("import", help="import an image-caption set or precomputed vectors",
+                       description="Import a folder (ImageFolder metadata.jsonl/csv, images with .txt captions, "
+                                   "clip-retrieval output), a .zip of any of these, a COCO captions JSON, a "
+                                   "CSV/TSV/JSONL/Parquet table, or .npy/.npz vectors. Bad rows are skipped and listed.")
+    s.add_argument("path", help="file or folder to import")
+    s.add_argument("--name", help="dataset name (default: from the path)")
+    s.add_argument("--copy", action="store_true", help="copy images into the workspace (zips always are)")
+    s.add_argument("--images", metavar="DIR", help="image folder for a COCO JSON or a table")
+    s.add_argument("--captions", metavar="FILE", help="captions for .npy/.npz vectors (.txt one per line, or a table)")
+    s.add_argument("--model-name", help="name of the model that made precomputed vectors")
+    s.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 89,478,485)")
+    s.add_argument("-v", "--verbose", action="store_true", help="list every skipped row")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("list", help="list datasets in the workspace")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", help="describe one dataset")
+    s.add_argument("name")
+    s.add_argument("--rows", type=int, default=5, help="how many pairs to print (default 5)")
+    s.add_argument("--skipped", action="store_true", help="list every row skipped at import")
+    s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("delete", help="delete datasets")
+    s.add_argument("names", nargs="+", metavar="NAME")
+    s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("app", help="launch the browser app (binds to 127.0.0.1 unless --host is given)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8501)
+    s.add_argument("--max-upload-mb", type=int, help="largest upload the app accepts (default 2048 MB)")
+    s.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ws = Workspace(args.home)
+    try:
+        return args.func(ws, args)
+    except KeyboardInterrupt:
+        print("mmviz: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `mmviz list | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
