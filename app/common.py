@@ -5,31 +5,34 @@ import streamlit as st
 
 from mmviz.store import Workspace
 
-PENDING = "_pending_dataset"  # set by a page to select a dataset on the next run
-
 
 @st.cache_resource
 def _workspace(home: str) -> Workspace:
-    return Workspace(home)
+    return Workspace(home or None)
 
 
 def workspace() -> Workspace:
     return _workspace(os.environ.get("MMVIZ_HOME", ""))
 
 
-def select_dataset_next_run(name: str) -> None:
-    st.session_state[PENDING] = name
+def init_state() -> None:
+    """Point the session at an existing dataset before any page reads it."""
+    names = workspace().names()
+    if st.session_state.get("dataset") not in names:
+        st.session_state["dataset"] = names[0] if names else None
+
+
+def select_dataset(name: str | None) -> None:
+    """Switch dataset from a page (runs before the sidebar picker is drawn)."""
+    st.session_state["dataset"] = name
 
 
 def sidebar() -> None:
     ws = workspace()
     names = ws.names()
-    if PENDING in st.session_state:
-        st.session_state["dataset"] = st.session_state.pop(PENDING)
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = names[0] if names else None
     with st.sidebar:
-        st.markdown("### mmviz")
         st.selectbox("Dataset", names, key="dataset", placeholder="none yet: import one on the Data page",
                      help=f"Datasets in the workspace {ws.home}")
 

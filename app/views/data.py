@@ -45,8 +45,7 @@ def run_import(source: str, name: str, copy_images: bool) -> None:
         return
     bar.empty()
     st.session_state["last_import"] = {"name": res.dataset.name, "status": res.status, "report": res.report.to_dict()}
-    common.select_dataset_next_run(res.dataset.name)
-    st.rerun()
+    common.select_dataset(res.dataset.name)
 
 
 def import_section() -> None:
@@ -56,7 +55,8 @@ def import_section() -> None:
         up = st.file_uploader(
             "A zip of an image folder (metadata.jsonl/csv), COCO captions + images, a CSV/JSONL table with "
             "images, or .npy/.npz vectors", type=UPLOAD_TYPES, key="upload")
-        name = st.text_input("Dataset name", value=name_from_path(up.name) if up else "", key="upload_name")
+        name = st.text_input("Dataset name", key="upload_name", placeholder=name_from_path(up.name) if up else "",
+                             help="Leave empty to name it after the file")
         if st.button("Import upload", disabled=up is None, type="primary"):
             tmp = common.workspace().home / "uploads" / uuid.uuid4().hex
             tmp.mkdir(parents=True)
@@ -70,7 +70,8 @@ def import_section() -> None:
     with path_tab:
         path = st.text_input("Folder or file on this machine", key="local_path",
                              placeholder="/data/coco/annotations/captions_val2017.json")
-        lname = st.text_input("Dataset name", value=name_from_path(path) if path else "", key="local_name")
+        lname = st.text_input("Dataset name", key="local_name", placeholder=name_from_path(path) if path else "",
+                              help="Leave empty to name it after the folder or file")
         copy = st.checkbox("Copy images into the workspace", value=False,
                            help="Otherwise images are referenced where they are; moving them breaks the dataset.")
         if st.button("Import path", disabled=not path.strip()):
@@ -119,7 +120,7 @@ def browse_section(ds: Dataset) -> None:
     pages = max(1, -(-len(hits) // PAGE_SIZE))
     left, right = st.columns([3, 1])
     left.write(f"{len(hits):,} of {len(table):,} pairs match." if query.strip() else f"{len(table):,} pairs.")
-    page = right.number_input("Page", 1, pages, 1, key="page") if pages > 1 else 1
+    page = right.number_input("Page", 1, pages, 1, key=f"page-{ds.name}-{pages}") if pages > 1 else 1
     view = hits.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     show = ["thumbnail", "id", "caption", "n_captions"] + [c for c in m.get("extras", []) if c in view][:4]
     if view["thumbnail"].isna().all():
@@ -173,13 +174,18 @@ def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
             st.metric("cos(image, text)", f"{cos:.3f}", help=f"Paired cosine under {ds.manifest['vector_model']}")
 
 
+def delete_dataset(name: str) -> None:
+    # A button callback runs before the page is drawn, so the page never shows a deleted set.
+    common.workspace().delete(name)
+    st.session_state.pop("last_import", None)
+    common.select_dataset(None)
+    common.init_state()
+
+
 def manage_section(ds: Dataset) -> None:
     with st.expander("Delete this dataset"):
         sure = st.checkbox(f"Yes, delete {ds.name} and everything stored with it", key="confirm_delete")
-        if st.button("Delete", disabled=not sure):
-            common.workspace().delete(ds.name)
-            st.session_state.pop("last_import", None)
-            st.rerun()
+        st.button("Delete", disabled=not sure, on_click=delete_dataset, args=(ds.name,))
 
 
 st.title("Data")
