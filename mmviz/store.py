@@ -242,11 +242,12 @@ class Workspace:
     def import_path(self, path: str | os.PathLike, name: str | None = None, *, copy_images: bool | None = None,
                     images_dir: str | os.PathLike | None = None, captions_file: str | os.PathLike | None = None,
                     model_name: str | None = None, limits: ImportLimits | None = None,
-                    progress: Progress | None = None) -> ImportResult:
+                    progress: Progress | None = None, source_label: str | None = None) -> ImportResult:
         """Import what `path` points at as dataset `name` (default: from the path).
 
         Images from a zip are always stored in the workspace; from a local folder they are
-        referenced in place unless `copy_images` is true.
+        referenced in place unless `copy_images` is true. `source_label` replaces the path in
+        the report (an upload's temporary path means nothing to the user).
         """
         path = Path(path).expanduser()
         name = valid_name(name or name_from_path(path))
@@ -262,6 +263,8 @@ class Workspace:
                                 images_dir=Path(images_dir) if images_dir else None,
                                 captions_file=Path(captions_file) if captions_file else None,
                                 model_name=model_name, limits=limits, progress=progress)
+            if source_label:
+                report.source = source_label
             if len(pset) == 0:
                 reasons = report.summary()
                 raise DataFormatError(path, f"no usable pairs ({reasons})", "at least one image-caption pair")

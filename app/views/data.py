@@ -30,7 +30,7 @@ def browse_table(version_path: str, name: str) -> pd.DataFrame:
     return t
 
 
-def run_import(source: str, name: str, copy_images: bool) -> None:
+def run_import(source: str, name: str, copy_images: bool, label: str | None = None) -> None:
     ws = common.workspace()
     bar = st.progress(0.0, text="Reading…")
 
@@ -38,7 +38,7 @@ def run_import(source: str, name: str, copy_images: bool) -> None:
         bar.progress(done / max(total, 1), text=f"Checking images: {done:,} / {total:,}")
 
     try:
-        res = ws.import_path(source, name or None, copy_images=copy_images, progress=progress)
+        res = ws.import_path(source, name or None, copy_images=copy_images, progress=progress, source_label=label)
     except (DataFormatError, ValueError) as e:
         bar.empty()
         st.session_state["last_import"] = {"error": str(e)}
@@ -64,7 +64,7 @@ def import_section() -> None:
                 target = tmp / Path(up.name).name
                 with open(target, "wb") as f:
                     shutil.copyfileobj(up, f, 1 << 20)
-                run_import(str(target), name, copy_images=True)
+                run_import(str(target), name, copy_images=True, label=f"upload {up.name}")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     with path_tab:
@@ -107,8 +107,9 @@ def browse_section(ds: Dataset) -> None:
     cols[2].metric("Images", f"{m['images']:,}")
     cols[3].metric("Vectors", f"{m['dim']}-d" if m.get("dim") else "none yet",
                    help=m.get("vector_model") or "Embed the set with a model to get vectors")
-    st.caption(f"From {m['source']} ({m['format']}), images {m['images_stored']}. "
-               f"Import report: {ds.report.summary()}.")
+    n_skipped = len(ds.report.skipped)
+    st.caption(f"From {m['source']} ({m['format']}); images {m['images_stored']}; "
+               f"{n_skipped:,} row{'s' if n_skipped != 1 else ''} skipped at import.")
 
     table = browse_table(str(ds.path), ds.name)
     query = st.text_input("Search captions", key="search", placeholder="substring, e.g. dog")

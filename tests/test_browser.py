@@ -1,0 +1,132 @@
+"""The real app in headless Chromium: upload a zip through the file uploader, see thumbnails."""
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHAPES = {"red": (230, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 230)}
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing in CI: scripts/setup.sh --test should have installed it")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = dict(os.environ, MMVIZ_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("streamlit did not become healthy:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
+        time.sleep(0.3)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def shapes_zip(path: Path) -> Path:
+    """An ImageFolder zip: three 96x96 images, each a big disc of one colour on white."""
+    meta = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, rgb in SHAPES.items():
+            im = Image.new("RGB", (96, 96), "white")
+            ImageDraw.Draw(im).ellipse((8, 8, 88, 88), fill=rgb)
+            buf = io.BytesIO()
+            im.save(buf, "PNG")
+            zf.writestr(f"shapes/{name}.png", buf.getvalue())
+            meta.append(json.dumps({"file_name": f"{name}.png", "text": f"a {name} disc on white paper"}))
+        zf.writestr("shapes/metadata.jsonl", "\n".join(meta) + "\n")
+    return path
+
+
+def colour_pixels(png: bytes, rgb, tol=40) -> int:
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return int((np.abs(a - np.array(rgb)).max(axis=2) < tol).sum())
+
+
+def test_upload_zip_shows_thumbnails(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    upload = shapes_zip(tmp_path / "shapes.zip")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.goto(server)
+            expect(page.get_by_role("heading", name="Data")).to_be_visible(timeout=60_000)
+            expect(page.get_by_text("No dataset yet.")).to_be_visible()
+
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(upload))
+            expect(page.get_by_text("shapes.zip")).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Import upload").click()
+            expect(page.get_by_text("3 pairs kept, 0 rows skipped")).to_be_visible(timeout=60_000)
+
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            expect(grid).to_be_visible(timeout=30_000)
+            # The grid draws on a canvas: look for each disc's colour in its pixels.
+            counts = {}
+            for _ in range(40):
+                shot = grid.screenshot()
+                counts = {n: colour_pixels(shot, rgb) for n, rgb in SHAPES.items()}
+                if min(counts.values()) > 50:
+                    break
+                time.sleep(0.5)
+            page.screenshot(path=str(ARTIFACTS / "data_page.png"), full_page=True)
+            assert min(counts.values()) > 50, f"thumbnail colours not drawn in the table: {counts}"
+
+            # The opened pair's full image is a real <img> that loaded.
+            img = page.locator('[data-testid="stImage"] img').first
+            expect(img).to_be_visible(timeout=30_000)
+            assert img.evaluate("el => el.naturalWidth") == 96
+            expect(page.get_by_role("listitem").filter(has_text="a red disc on white paper")).to_be_visible()
+            # The sidebar picked the new dataset.
+            expect(page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')).to_have_value("shapes")
+            expect(page.get_by_text("From upload shapes.zip (zip/imagefolder)")).to_be_visible()
+        finally:
+            browser.close()
