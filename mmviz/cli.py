@@ -42,14 +42,14 @@ class _Bar:
 
 
 def cmd_import(ws: Workspace, args) -> int:
-    limits = ImportLimits.from_env()
-    if args.max_pixels:
-        limits.max_pixels = args.max_pixels
     bar = _Bar("checking images", args.quiet)
     try:
+        limits = ImportLimits.from_env()
+        if args.max_pixels:
+            limits.max_pixels = args.max_pixels
         res = ws.import_path(args.path, args.name, copy_images=args.copy, images_dir=args.images,
                              captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar)
-    except (DataFormatError, ValueError) as e:
+    except (DataFormatError, ValueError, OSError) as e:  # OSError: unreadable file, disk full, ...
         return _err(str(e))
     finally:
         bar.close()

@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -60,9 +61,13 @@ class ImportLimits:
     def from_env(cls) -> "ImportLimits":
         lim = cls()
         for name in ("max_pixels", "max_zip_members", "max_zip_bytes", "max_upload_mb"):
-            value = os.environ.get(f"MMVIZ_{name.upper()}")
+            var = f"MMVIZ_{name.upper()}"
+            value = os.environ.get(var)
             if value:
-                setattr(lim, name, int(value))
+                try:
+                    setattr(lim, name, int(value))
+                except ValueError:
+                    raise ValueError(f"{var}={value!r} is not a whole number") from None
         return lim
 
 
@@ -202,6 +207,15 @@ def read_text(path: Path, report: ImportReport | None = None) -> str:
         return data.decode("latin-1")
 
 
+def _split_lines(text: str) -> list[str]:
+    """Lines split at LF, CRLF or CR only: `str.splitlines` also splits at U+2028, U+0085 (a
+    cp1252 ellipsis read as Latin-1), form feeds and more, which can sit inside a caption."""
+    lines = re.split(r"\r\n|\r|\n", text)
+    if lines and lines[-1] == "":
+        lines.pop()  # a final newline ends the last line, it does not start another
+    return lines
+
+
 def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta | None, str, str]:
     """Open, bound and fully decode an image; return (meta, "", "") or (None, reason, detail).
 
@@ -214,6 +228,8 @@ def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta |
         data = source if isinstance(source, bytes) else source.read_bytes()
     except FileNotFoundError:
         return None, "missing file", f"{source} does not exist"
+    except ValueError:  # a NUL byte in the path: no such file can exist
+        return None, "missing file", f"{str(source)!r} is not a valid file path"
     except OSError as e:
         return None, "unreadable image", f"{source}: {e.strerror or e}"
     try:
@@ -252,6 +268,11 @@ def _as_caption_list(value) -> list[str]:
     if isinstance(value, (list, tuple, np.ndarray)):
         return [_clean_caption(v) for v in value]
     return [_clean_caption(value)]
+
+
+def _as_str(value) -> str:
+    # NumPy 'S' arrays (h5py, older tools) hold bytes: str() would give "b'...'".
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _natural_key(s: str):
@@ -356,7 +377,7 @@ def _read_records(path: Path, report: ImportReport) -> list[tuple[str, dict]]:
         return out
     text = read_text(path, report)
     if suffix == ".jsonl":
-        lines = text.splitlines()
+        lines = _split_lines(text)
         bad = 0
         for i, line in enumerate(lines, 1):
             if not line.strip():
@@ -365,7 +386,7 @@ def _read_records(path: Path, report: ImportReport) -> list[tuple[str, dict]]:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not a JSON object")
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
                 bad += 1
                 report.skip(f"{path.name} line {i}", "bad row", f"not a JSON object: {e}")
                 continue
@@ -382,11 +403,17 @@ def _read_records(path: Path, report: ImportReport) -> list[tuple[str, dict]]:
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     if not reader.fieldnames:
         raise DataFormatError(path, "empty table, no header row", "a header row such as 'file_name,text'")
-    for i, rec in enumerate(reader, 2):  # line 1 is the header
-        if None in rec:  # more cells than header fields
-            report.skip(f"{path.name} line {i}", "bad row", "more cells than header columns")
-            continue
-        out.append((f"{path.name} line {i}", rec))
+    try:
+        for rec in reader:
+            # The physical line (a quoted caption may span lines; blank lines are not rows).
+            where = f"{path.name} line {reader.line_num}"
+            if None in rec:  # more cells than header fields
+                report.skip(where, "bad row", "more cells than header columns")
+                continue
+            out.append((where, rec))
+    except csv.Error as e:  # e.g. an unclosed quote swallowing the rest of the file
+        raise DataFormatError(path, f"malformed {suffix[1:].upper()} near line {reader.line_num} ({e})",
+                              "a well-formed table (check for an unclosed double quote)") from e
     return out
 
 
@@ -516,7 +543,7 @@ def load_sidecar_folder(folder: Path, limits: ImportLimits | None = None,
         if not txt.is_file():
             report.skip(rel, "empty caption", f"no {txt.name} beside the image")
             continue
-        caps = [c.strip() for c in read_text(txt, report).splitlines()]
+        caps = [c.strip() for c in _split_lines(read_text(txt, report))]
         b.add(rel, rel, rel, caps)
     return b.build(limits, progress), report
 
@@ -553,7 +580,7 @@ def load_coco(json_path: Path, images_dir: Path | None = None, limits: ImportLim
     report = ImportReport(str(json_path), "coco")
     try:
         doc = json.loads(read_text(json_path, report))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise DataFormatError(json_path, f"not valid JSON ({e})", "COCO caption annotations JSON") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list) or not isinstance(doc.get("annotations"), list):
         raise DataFormatError(json_path, "no 'images' and 'annotations' lists",
@@ -595,10 +622,19 @@ IMAGE_KEYS = ("image", "images", "img", "image_embeddings", "image_embeds", "img
 TEXT_KEYS = ("text", "texts", "txt", "text_embeddings", "text_embeds", "text_emb", "text_features", "y")
 
 
+def _check_numeric(path: Path, what: str, arr: np.ndarray) -> None:
+    # Strings or records would only fail later, row by row, with an unhelpful error.
+    if arr.dtype.kind not in "biuf":
+        raise DataFormatError(path, f"'{what}' holds {arr.dtype} values, not numeric", "float or integer arrays")
+
+
 def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """(images, texts, other arrays) from .npy (2, N, D) or .npz with image and text arrays."""
     try:
         loaded = np.load(path, allow_pickle=False)  # never unpickle untrusted files
+        if not isinstance(loaded, np.ndarray):
+            with loaded:  # .npz members are read lazily: an object array fails only here
+                loaded = {k: loaded[k] for k in loaded.files}
     except ValueError as e:
         raise DataFormatError(path, f"cannot read without unpickling ({e})",
                               "plain numeric arrays saved with numpy.save/savez") from e
@@ -608,9 +644,9 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     if isinstance(loaded, np.ndarray):
         if loaded.ndim != 3 or loaded.shape[0] != 2:
             raise DataFormatError(path, f"array has shape {loaded.shape}", shape_help)
+        _check_numeric(path, "array", loaded)
         return loaded[0], loaded[1], {}
-    with loaded:
-        arrays = {k: loaded[k] for k in loaded.files}
+    arrays = loaded
     img_key = _pick(arrays, IMAGE_KEYS)
     txt_key = _pick(arrays, TEXT_KEYS)
     if img_key is None or txt_key is None:
@@ -624,6 +660,8 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
     if img.ndim != 2 or txt.ndim != 2:
         raise DataFormatError(path, f"'{img_key}' has shape {img.shape} and '{txt_key}' {txt.shape}",
                               "two 2-D arrays of shape (N, D)")
+    _check_numeric(path, img_key, img)
+    _check_numeric(path, txt_key, txt)
     if len(img) != len(txt):
         raise DataFormatError(path, f"{len(img)} image vectors but {len(txt)} text vectors",
                               "image and text arrays of equal length, row i of each forming pair i")
@@ -636,7 +674,7 @@ def _load_array_file(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, np.n
 def _read_captions_file(path: Path, report: ImportReport) -> tuple[list[list[str]], list[str] | None]:
     """Captions for vector rows: .txt (one per line) or a table with a caption column."""
     if path.suffix.lower() == ".txt":
-        return [[line.strip()] for line in read_text(path, report).splitlines()], None
+        return [[line.strip()] for line in _split_lines(read_text(path, report))], None
     records = _read_records(path, report)
     cols = list(records[0][1]) if records else []
     cap = _pick(cols, CAPTION_COLUMNS)
@@ -694,9 +732,9 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
     ids = [str(i) for i in range(n)]
     captions: list[list[str]] = [[f"pair {i}"] for i in range(n)]
     if "ids" in other and other["ids"].shape == (n,):
-        ids = [str(x) for x in other["ids"]]
+        ids = [_as_str(x) for x in other["ids"]]
     if "captions" in other and other["captions"].shape == (n,):
-        captions = [[str(c).strip()] for c in other["captions"]]
+        captions = [[_as_str(c).strip()] for c in other["captions"]]
     captions_file = Path(captions_file) if captions_file else _sidecar_captions(path)
     if captions_file is not None:
         caps, cap_ids = _read_captions_file(captions_file, report)
@@ -713,6 +751,15 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
     pset = b.build(None, progress, check_images=False)
     pset.vector_model = model_name or f"precomputed:{path.stem}"
     return pset, report
+
+
+def _load_shard(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataFormatError(path, f"unreadable shard ({e})", "a .npy array of shape (N, D)") from e
+    _check_numeric(path, path.name, arr)
+    return arr
 
 
 def load_clip_retrieval(folder: Path, model_name: str | None = None, limits: ImportLimits | None = None,
@@ -733,15 +780,14 @@ def load_clip_retrieval(folder: Path, model_name: str | None = None, limits: Imp
     dim = None
     offset = 0
     for k, (fi, ft) in enumerate(zip(img_files, txt_files)):
-        try:
-            img = np.load(fi, allow_pickle=False)
-            txt = np.load(ft, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataFormatError(fi, f"unreadable shard ({e})", "a .npy array of shape (N, D)") from e
+        img, txt = _load_shard(fi), _load_shard(ft)
         if img.ndim != 2 or txt.ndim != 2 or len(img) != len(txt):
             raise DataFormatError(fi, f"shape {img.shape} does not pair with {ft.name} {txt.shape}",
                                   "image and text shards of shape (N, D) with the same N")
-        rows = pq.read_table(meta_files[k]).to_pylist() if meta_files else [{} for _ in range(len(img))]
+        try:
+            rows = pq.read_table(meta_files[k]).to_pylist() if meta_files else [{} for _ in range(len(img))]
+        except Exception as e:  # pyarrow raises several types for non-parquet bytes
+            raise DataFormatError(meta_files[k], f"not a readable Parquet file ({e})", "a Parquet table") from e
         if len(rows) != len(img):
             raise DataFormatError(meta_files[k], f"{len(rows)} metadata rows for {len(img)} vectors in {fi.name}",
                                   "one metadata row per vector")
@@ -785,42 +831,47 @@ def safe_extract_zip(path: Path, dest: Path, limits: ImportLimits | None = None)
     path, dest = Path(path), Path(dest)
     if not zipfile.is_zipfile(path):
         raise DataFormatError(path, "not a zip archive", "a .zip file")
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_zip_members:
-            raise DataFormatError(path, f"{len(infos):,} members > limit {limits.max_zip_members:,}",
-                                  "a smaller archive (or raise MMVIZ_MAX_ZIP_MEMBERS)")
-        total = sum(i.file_size for i in infos)
-        if total > limits.max_zip_bytes:
-            raise DataFormatError(path, f"uncompressed size {total:,} bytes > limit {limits.max_zip_bytes:,}",
-                                  "a smaller archive (or raise MMVIZ_MAX_ZIP_BYTES)")
-        members = []
-        for info in infos:
-            name = info.filename.replace("\\", "/")
-            parts = PurePosixPath(name).parts
-            if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
-                raise DataFormatError(path, f"member {info.filename!r} would be written outside the extraction folder",
-                                      "relative member paths without '..' (refusing a zip-slip archive)")
-            if _is_symlink(info):
-                raise DataFormatError(path, f"member {info.filename!r} is a symbolic link", "plain files and folders")
-            if info.flag_bits & 0x1:
-                raise DataFormatError(path, f"member {info.filename!r} is encrypted", "an archive without a password")
-            if info.is_dir() or parts[0] == "__MACOSX" or parts[-1] in _JUNK_NAMES or parts[-1].startswith("._"):
-                continue
-            members.append((info, parts))
-        dest.mkdir(parents=True, exist_ok=True)
-        written = 0
-        for info, parts in members:
-            target = dest.joinpath(*parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                # Count real bytes: a header's file_size can lie.
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > limits.max_zip_bytes:
-                        raise DataFormatError(path, f"uncompressed data exceeds {limits.max_zip_bytes:,} bytes",
-                                              "a smaller archive (or raise MMVIZ_MAX_ZIP_BYTES)")
-                    out.write(chunk)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits.max_zip_members:
+                raise DataFormatError(path, f"{len(infos):,} members > limit {limits.max_zip_members:,}",
+                                      "a smaller archive (or raise MMVIZ_MAX_ZIP_MEMBERS)")
+            total = sum(i.file_size for i in infos)
+            if total > limits.max_zip_bytes:
+                raise DataFormatError(path, f"uncompressed size {total:,} bytes > limit {limits.max_zip_bytes:,}",
+                                      "a smaller archive (or raise MMVIZ_MAX_ZIP_BYTES)")
+            members = []
+            for info in infos:
+                name = info.filename.replace("\\", "/")
+                parts = PurePosixPath(name).parts
+                if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts:
+                    raise DataFormatError(path, f"member {info.filename!r} would be written outside the extraction folder",
+                                          "relative member paths without '..' (refusing a zip-slip archive)")
+                if _is_symlink(info):
+                    raise DataFormatError(path, f"member {info.filename!r} is a symbolic link", "plain files and folders")
+                if info.flag_bits & 0x1:
+                    raise DataFormatError(path, f"member {info.filename!r} is encrypted", "an archive without a password")
+                if not parts or info.is_dir() or parts[0] == "__MACOSX" or parts[-1] in _JUNK_NAMES or parts[-1].startswith("._"):
+                    continue
+                members.append((info, parts))
+            dest.mkdir(parents=True, exist_ok=True)
+            written = 0
+            for info, parts in members:
+                target = dest.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    # Count real bytes: a header's file_size can lie.
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > limits.max_zip_bytes:
+                            raise DataFormatError(path, f"uncompressed data exceeds {limits.max_zip_bytes:,} bytes",
+                                                  "a smaller archive (or raise MMVIZ_MAX_ZIP_BYTES)")
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        # A member with a bad CRC, truncated data or a header that lies about its size (zipfile
+        # stops at the declared size, then fails the CRC), or an unsupported compression method.
+        raise DataFormatError(path, f"corrupt or unsupported zip archive ({e})", "a .zip file that unzips cleanly") from e
     root = dest
     while True:
         entries = [p for p in root.iterdir()]
@@ -847,7 +898,7 @@ def _find_coco_json(folder: Path) -> Path | None:
         if p.stat().st_size < 64 * 2**20:
             try:
                 doc = json.loads(p.read_text("utf-8", "replace"))
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(doc, dict) and "images" in doc and "annotations" in doc:
                 return p

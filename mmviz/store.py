@@ -159,7 +159,9 @@ class Dataset:
 
     def image_path(self, id_or_index) -> Path | None:
         t = self.table()
-        row = t.iloc[id_or_index] if isinstance(id_or_index, int) else t.loc[t["id"] == id_or_index].iloc[0]
+        # Ids are strings, so any integer (NumPy's included) is a row position.
+        by_pos = isinstance(id_or_index, (int, np.integer))
+        row = t.iloc[int(id_or_index)] if by_pos else t.loc[t["id"] == id_or_index].iloc[0]
         ref = row["image"]
         if ref is None or (isinstance(ref, float) and np.isnan(ref)):
             return None

@@ -1,0 +1,254 @@
+"""The `mmviz` command line, in-process and as the installed console script."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import COLORS, write_image
+from mmviz.cli import build_parser, main
+
+
+def make_table(folder: Path, n: int = 3, extra_lines: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["image,caption,label"]
+    for i in range(n):
+        write_image(folder / f"{i}.png", color=COLORS[i % len(COLORS)])
+        lines.append(f"{i}.png,caption number {i},L{i}")
+    (folder / "pairs.csv").write_text("\n".join(lines) + "\n" + extra_lines, "utf-8")
+    return folder / "pairs.csv"
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_import_list_show_delete_round_trip(tmp_path, home, capsys):
+    csv = make_table(tmp_path / "src", extra_lines="missing.png,gone,L9\n")
+    rc, out, err = run(capsys, "--home", home, "import", csv, "--name", "cats")
+    assert rc == 0
+    assert out.splitlines()[0] == f"cats: imported. table from {csv}: kept 3 pairs, skipped 1 rows (1 missing file)"
+    assert "  skipped pairs.csv line 5: missing file" in out
+    assert (home / "datasets" / "cats" / "CURRENT").is_file()
+
+    rc, out, err = run(capsys, "--home", home, "import", csv, "--name", "cats")
+    assert rc == 0 and out.startswith("cats: already imported, unchanged. ")
+
+    rc, out, err = run(capsys, "--home", home, "list")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "PAIRS", "CAPTIONS", "IMAGES", "VECTORS", "FORMAT", "CREATED"]
+    assert lines[1].split()[:6] == ["cats", "3", "3", "3", "-", "table"] and len(lines) == 2
+
+    rc, out, err = run(capsys, "--home", home, "list", "--json")
+    assert rc == 0
+    [row] = json.loads(out)
+    assert {k: row[k] for k in ("name", "format", "pairs", "captions", "images", "vector_model", "dim", "source")} == {
+        "name": "cats", "format": "table", "pairs": 3, "captions": 3, "images": 3, "vector_model": None, "dim": None,
+        "source": str(csv)}
+
+    rc, out, err = run(capsys, "--home", home, "show", "cats")
+    assert rc == 0
+    assert "name:      cats" in out
+    assert "pairs:     3 (3 captions, 3 images, referenced)" in out
+    assert "columns:   label" in out
+    assert "0.png\tcaption number 0" in out and "2.png\tcaption number 2" in out
+    assert "skipped pairs.csv" not in out
+
+    rc, out, err = run(capsys, "--home", home, "show", "cats", "--rows", "1", "--skipped")
+    assert rc == 0
+    assert "  skipped pairs.csv line 5: missing file (" in out
+    assert "0.png\tcaption number 0" in out and "1.png\t" not in out
+
+    rc, out, err = run(capsys, "--home", home, "show", "cats", "--json")
+    assert rc == 0
+    m = json.loads(out)
+    assert m["name"] == "cats" and m["pairs"] == 3 and m["report"]["skipped"][0]["reason"] == "missing file"
+
+    rc, out, err = run(capsys, "--home", home, "delete", "cats")
+    assert rc == 0 and out == "deleted cats\n"
+    rc, out, err = run(capsys, "--home", home, "list")
+    assert rc == 0 and out == "" and f"no datasets in {home}" in err
+    rc, out, err = run(capsys, "--home", home, "list", "--json")
+    assert rc == 0 and json.loads(out) == []
+
+
+def test_home_defaults_to_env(tmp_path, capsys):
+    csv = make_table(tmp_path / "src", n=1)
+    rc, out, _ = run(capsys, "import", csv, "--quiet")
+    assert rc == 0 and out.startswith("pairs: imported.")
+    assert (Path(os.environ["MMVIZ_HOME"]) / "datasets" / "pairs" / "CURRENT").is_file()
+
+
+def test_bad_file_is_exit_1_with_file_name(tmp_path, home, capsys):
+    bad = tmp_path / "broken.json"
+    bad.write_text("{{{ nope")
+    rc, out, err = run(capsys, "--home", home, "import", bad)
+    assert rc == 1 and out == ""
+    assert err.startswith("mmviz: error: ") and "broken.json" in err and "not valid JSON" in err
+    rc, out, err = run(capsys, "--home", home, "import", tmp_path / "absent.csv")
+    assert rc == 1 and "absent.csv: no such file or folder" in err
+    z = tmp_path / "fake.zip"
+    z.write_text("not a zip")
+    rc, out, err = run(capsys, "--home", home, "import", z)
+    assert rc == 1 and "fake.zip: not a zip archive" in err
+    assert not (home / "datasets").exists() or list((home / "datasets").iterdir()) == []
+
+
+def test_nothing_usable_is_exit_1(tmp_path, home, capsys):
+    (tmp_path / "t.csv").write_text("image,text\ngone.png,a\n")
+    rc, out, err = run(capsys, "--home", home, "import", tmp_path / "t.csv")
+    assert rc == 1 and "mmviz: error: " in err and "t.csv" in err and "no usable pairs" in err
+
+
+def test_os_errors_are_reported_not_raised(tmp_path, home, capsys, monkeypatch):
+    from mmviz import store
+
+    def denied(self, path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(store.Workspace, "import_path", denied)
+    rc, out, err = run(capsys, "--home", home, "import", tmp_path / "secret.csv")
+    assert rc == 1 and err.startswith("mmviz: error: ") and "secret.csv" in err and "Permission denied" in err
+
+
+def test_bad_limit_in_env_is_exit_1(tmp_path, home, capsys, monkeypatch):
+    monkeypatch.setenv("MMVIZ_MAX_PIXELS", "ten")
+    rc, out, err = run(capsys, "--home", home, "import", make_table(tmp_path / "src", n=1))
+    assert rc == 1 and err == "mmviz: error: MMVIZ_MAX_PIXELS='ten' is not a whole number\n"
+
+
+def test_show_and_delete_unknown_or_invalid(home, capsys):
+    rc, out, err = run(capsys, "--home", home, "show", "nope")
+    assert rc == 1 and err.startswith("mmviz: error: no dataset named 'nope'")
+    rc, out, err = run(capsys, "--home", home, "show", "../etc")
+    assert rc == 1 and "no dataset named '../etc'" in err
+    rc, out, err = run(capsys, "--home", home, "delete", "nope")
+    assert rc == 1 and "mmviz: error: no dataset named 'nope'" in err
+    rc, out, err = run(capsys, "--home", home, "delete", "../x")
+    assert rc == 1 and "mmviz: error: invalid dataset name '../x'" in err
+
+
+def test_invalid_import_name_is_exit_1(tmp_path, home, capsys):
+    csv = make_table(tmp_path / "src", n=1)
+    rc, out, err = run(capsys, "--home", home, "import", csv, "--name", ".hidden")
+    assert rc == 1 and "invalid dataset name '.hidden'" in err
+
+
+def test_delete_several_keeps_going(tmp_path, home, capsys):
+    csv = make_table(tmp_path / "src", n=1)
+    for name in ("a", "b"):
+        assert run(capsys, "--home", home, "import", csv, "--name", name)[0] == 0
+    rc, out, err = run(capsys, "--home", home, "delete", "a", "missing", "b")
+    assert rc == 1 and out == "deleted a\ndeleted b\n" and "'missing'" in err
+
+
+def test_many_skipped_rows_are_truncated_unless_verbose(tmp_path, home, capsys):
+    extra = "".join(f"gone{i}.png,c{i},x\n" for i in range(25))
+    csv = make_table(tmp_path / "src", n=1, extra_lines=extra)
+    rc, out, _ = run(capsys, "--home", home, "import", csv, "--name", "s")
+    assert rc == 0 and out.count("  skipped ") == 20
+    assert "  ... and 5 more (see: mmviz show s --skipped)" in out
+    rc, out, _ = run(capsys, "--home", home, "import", csv, "--name", "t", "-v")
+    assert rc == 0 and out.count("  skipped ") == 25 and "more" not in out
+
+
+def test_max_pixels_and_warnings(tmp_path, home, capsys):
+    write_image(tmp_path / "src" / "big.png", size=(20, 20))
+    write_image(tmp_path / "src" / "small.png", size=(5, 5), color=COLORS[1])
+    (tmp_path / "src" / "t.csv").write_bytes("image,text\nbig.png,grand\nsmall.png,petit café\n".encode("latin-1"))
+    rc, out, err = run(capsys, "--home", home, "import", tmp_path / "src" / "t.csv", "--max-pixels", "100")
+    assert rc == 0 and "kept 1 pairs, skipped 1 rows (1 image too large)" in out
+    assert "warning: t.csv: not valid UTF-8" in err
+
+
+def test_vectors_with_captions_and_model_name(tmp_path, home, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32))
+    (tmp_path / "caps.txt").write_text("a\nb\nc\n")
+    rc, out, _ = run(capsys, "--home", home, "import", tmp_path / "v.npy", "--captions", tmp_path / "caps.txt",
+                     "--model-name", "ViT-B-32")
+    assert rc == 0 and "kept 3 pairs" in out
+    rc, out, _ = run(capsys, "--home", home, "list")
+    assert "ViT-B-32 (4-d)" in out
+    rc, out, _ = run(capsys, "--home", home, "show", "v")
+    assert "vectors:   ViT-B-32, 4-d" in out and "0\ta" in out
+
+
+def test_images_option_for_coco(tmp_path, home, capsys):
+    write_image(tmp_path / "pics" / "1.jpg")
+    (tmp_path / "caps.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "1.jpg"}],
+                                                    "annotations": [{"image_id": 1, "caption": "one"}]}))
+    rc, out, _ = run(capsys, "--home", home, "import", tmp_path / "caps.json", "--images", tmp_path / "pics",
+                     "--copy")
+    assert rc == 0 and "coco from" in out and "kept 1 pairs" in out
+    rc, out, _ = run(capsys, "--home", home, "show", "caps")
+    assert "1 images, copied" in out
+
+
+@pytest.mark.parametrize("argv", [["frobnicate"], [], ["import"], ["show"], ["delete"], ["list", "--bogus"],
+                                  ["import", "x", "--max-pixels", "lots"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage: mmviz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app"])
+def test_help_exits_0(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(([sub] if sub else []) + ["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: mmviz{' ' + sub if sub else ''}")
+
+
+def test_every_subcommand_is_covered():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["app", "delete", "import", "list", "show"]
+
+
+def _console_script() -> str:
+    beside = Path(sys.executable).parent / "mmviz"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("mmviz")
+    if not found:
+        pytest.skip("the mmviz console script is not installed")
+    return found
+
+
+def test_console_script_round_trip(tmp_path):
+    exe = _console_script()
+    csv = make_table(tmp_path / "src", n=2)
+    home = tmp_path / "home"
+    env = dict(os.environ, MMVIZ_HOME=str(home))
+
+    def sh(*args):
+        return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, env=env, timeout=60)
+
+    r = sh("import", csv, "--name", "sub")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("sub: imported. table from") and "kept 2 pairs" in r.stdout
+    r = sh("list", "--json")
+    assert r.returncode == 0 and [d["name"] for d in json.loads(r.stdout)] == ["sub"]
+    r = sh("delete", "sub")
+    assert r.returncode == 0 and r.stdout == "deleted sub\n"
+    r = sh("show", "sub")
+    assert r.returncode == 1 and "mmviz: error: no dataset named 'sub'" in r.stderr
+    r = sh("nonsense")
+    assert r.returncode == 2
