@@ -135,7 +135,13 @@ def cmd_app(ws: Workspace, args) -> int:
     if not APP_MAIN.is_file():
         return _err(f"app not found at {APP_MAIN}; run mmviz from a source checkout (pip install -e .)")
     env = dict(os.environ, MMVIZ_HOME=str(ws.home))
-    max_mb = args.max_upload_mb or ImportLimits.from_env().max_upload_mb
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        # Others can reach the app: do not let them import arbitrary paths of this machine.
+        env["MMVIZ_LOCAL_PATHS"] = "0"
+    try:
+        max_mb = args.max_upload_mb or ImportLimits.from_env().max_upload_mb
+    except ValueError as e:
+        return _err(str(e))
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN),
            "--server.address", args.host, "--server.port", str(args.port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false",

@@ -8,6 +8,7 @@ whole raises `DataFormatError` naming the file and what was expected.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -56,11 +57,13 @@ class ImportLimits:
     max_zip_members: int = 200_000
     max_zip_bytes: int = 8 * 2**30  # total uncompressed size of a zip
     max_upload_mb: int = 2048  # what the app's uploader accepts
+    max_image_bytes: int = 256 * 2**20  # one image file; bounds memory before Pillow sees it
+    confine_to: Path | None = None  # image paths must resolve inside this folder (set for zips)
 
     @classmethod
     def from_env(cls) -> "ImportLimits":
         lim = cls()
-        for name in ("max_pixels", "max_zip_members", "max_zip_bytes", "max_upload_mb"):
+        for name in ("max_pixels", "max_zip_members", "max_zip_bytes", "max_upload_mb", "max_image_bytes"):
             var = f"MMVIZ_{name.upper()}"
             value = os.environ.get(var)
             if value:
@@ -222,9 +225,19 @@ def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta |
     The pixel count is read from the header and checked before any decoding, so a
     decompression bomb never allocates its pixels.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if limits.confine_to is not None and not isinstance(source, bytes):
+        # An uploaded table must not reach files elsewhere on the server (/home/..., ../..).
+        try:
+            Path(os.path.realpath(source)).relative_to(os.path.realpath(limits.confine_to))
+        except ValueError:
+            return None, "missing file", f"{source} lies outside the uploaded archive"
     try:
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if size > limits.max_image_bytes:
+            return None, "image too large", (f"{_label(source)}: {size:,} bytes > limit {limits.max_image_bytes:,}; "
+                                             "raise MMVIZ_MAX_IMAGE_BYTES to allow")
         data = source if isinstance(source, bytes) else source.read_bytes()
     except FileNotFoundError:
         return None, "missing file", f"{source} does not exist"
@@ -240,8 +253,10 @@ def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta |
                 return None, "image too large", (
                     f"{_label(source)}: {w}x{h} = {w * h:,} pixels > limit {limits.max_pixels:,}; raise MMVIZ_MAX_PIXELS to allow")
             fmt = im.format or "?"
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: a quarter turn
+                w, h = h, w  # report the size people see, as the embedding engine will
             im.draft("RGB", (THUMBNAIL_SIZE * 2, THUMBNAIL_SIZE * 2))  # JPEG: decode at reduced scale
-            im = im.convert("RGB")  # forces a full decode: truncated/corrupt files fail here
+            im = ImageOps.exif_transpose(im).convert("RGB")  # full decode: truncated/corrupt files fail here
             im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
@@ -447,7 +462,7 @@ def _table_to_builder(records: list[tuple[str, dict]], path: Path, report: Impor
     caption_col = _pick(columns, CAPTION_COLUMNS)
     if image_col is None or caption_col is None:
         missing = " and ".join(x for x, c in (("an image column", image_col), ("a caption column", caption_col)) if c is None)
-        raise DataFormatError(path, f"no {missing} among {columns}",
+        raise DataFormatError(path, f"missing {missing} (columns: {', '.join(map(str, columns)) or 'none'})",
                               f"an image column ({', '.join(image_candidates[:4])}) and a caption column "
                               f"({', '.join(CAPTION_COLUMNS[:3])})")
     id_col = _pick(columns, tuple(c for c in ID_COLUMNS if c != image_col.lower()))
@@ -893,9 +908,11 @@ def _find_coco_json(folder: Path) -> Path | None:
             head = p.open("rb").read(4096).decode("utf-8", "replace")
         except OSError:
             continue
-        if '"annotations"' in head or '"images"' in head or ('"info"' in head or '"licenses"' in head):
-            return p
-        if p.stat().st_size < 64 * 2**20:
+        if p.stat().st_size >= 64 * 2**20:
+            # Too big to parse just to look: COCO files start with info/licenses/images.
+            if re.search(r'^\s*\{\s*"(info|licenses|images|annotations)"', head):
+                return p
+        else:
             try:
                 doc = json.loads(p.read_text("utf-8", "replace"))
             except (ValueError, RecursionError):
@@ -965,6 +982,7 @@ def load(path: str | os.PathLike, *, extract_to: Path | None = None, images_dir:
 
         dest = Path(extract_to) if extract_to else Path(tempfile.mkdtemp(prefix="mmviz-zip-"))
         root = safe_extract_zip(path, dest, limits)
+        limits = dataclasses.replace(limits, confine_to=dest)
         try:
             pset, report = load(root, images_dir=images_dir, captions_file=captions_file,
                                 model_name=model_name or f"precomputed:{path.stem}", limits=limits, progress=progress)

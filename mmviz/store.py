@@ -279,6 +279,7 @@ class Workspace:
                                for i in range(len(pset))]
                 if any(isinstance(im, bytes) for im in pset.images):
                     copy_tree_files(pset, staging)  # bytes have no place to point at
+                    copied = True
             shutil.rmtree(staging / "extract", ignore_errors=True)
             digest = content_hash(pset)
             current = self._current(name)

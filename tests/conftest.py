@@ -18,7 +18,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MMVIZ_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    for var in ("MMVIZ_MAX_PIXELS", "MMVIZ_MAX_ZIP_MEMBERS", "MMVIZ_MAX_ZIP_BYTES", "MMVIZ_MAX_UPLOAD_MB"):
+    for var in ("MMVIZ_MAX_PIXELS", "MMVIZ_MAX_ZIP_MEMBERS", "MMVIZ_MAX_ZIP_BYTES", "MMVIZ_MAX_UPLOAD_MB",
+                "MMVIZ_MAX_IMAGE_BYTES", "MMVIZ_LOCAL_PATHS"):
         monkeypatch.delenv(var, raising=False)
     return home
 

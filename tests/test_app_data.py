@@ -130,3 +130,10 @@ def test_delete_needs_confirmation(home, folder):
     assert not at.exception
     assert ws.names() == []
     assert [i.value for i in at.info] == ["No dataset yet. Upload a zip or type a local path above."]
+
+
+def test_local_path_import_is_off_when_served_to_others(home, monkeypatch):
+    monkeypatch.setenv("MMVIZ_LOCAL_PATHS", "0")
+    at = run_app()
+    assert "Importing from local paths is off" in at.info[0].value
+    assert [t.key for t in at.text_input] == ["upload_name"]

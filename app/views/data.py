@@ -1,5 +1,6 @@
 """Data page: import a set (upload or local path), read the import report, browse pairs."""
 import base64
+import os
 import shutil
 import tempfile
 import uuid
@@ -50,6 +51,7 @@ def run_import(source: str, name: str, copy_images: bool, label: str | None = No
 
 def import_section() -> None:
     st.subheader("Import")
+    local_paths = os.environ.get("MMVIZ_LOCAL_PATHS", "1") != "0"
     up_tab, path_tab = st.tabs(["Upload", "Local path"])
     with up_tab:
         up = st.file_uploader(
@@ -68,6 +70,10 @@ def import_section() -> None:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     with path_tab:
+        if not local_paths:
+            st.info("Importing from local paths is off: this app is served to other machines. "
+                    "Use `mmviz import PATH` on the server, or upload a zip.")
+            return show_last_import()
         path = st.text_input("Folder or file on this machine", key="local_path",
                              placeholder="/data/coco/annotations/captions_val2017.json")
         lname = st.text_input("Dataset name", key="local_name", placeholder=name_from_path(path) if path else "",
