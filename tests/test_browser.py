@@ -124,6 +124,8 @@ def test_upload_zip_shows_thumbnails(server, tmp_path):
             img = page.locator('[data-testid="stImage"] img').first
             expect(img).to_be_visible(timeout=30_000)
             assert img.evaluate("el => el.naturalWidth") == 96
+            img.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "data_page_detail.png"))
             expect(page.get_by_role("listitem").filter(has_text="a red disc on white paper")).to_be_visible()
             # The sidebar picked the new dataset.
             expect(page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')).to_have_value("shapes")

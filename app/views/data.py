@@ -162,7 +162,7 @@ def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
     with left:
         path = ds.image_path(idx)
         if path is not None and path.is_file():
-            st.image(str(path), width="stretch")
+            st.image(str(path), width="content")  # natural size, shrunk to fit; never blown up
             st.caption(f"{row['width']}×{row['height']} px · sha256 {str(row['image_sha256'])[:12]}…")
         elif path is not None:
             st.warning(f"Image not found at {path}: it was referenced in place and has moved.")
