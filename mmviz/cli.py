@@ -153,6 +153,75 @@ def cmd_app(ws: Workspace, args) -> int:
         return 130
 
 
+def cmd_embed(ws: Workspace, args) -> int:
+    from tqdm import tqdm
+
+    from .embed import embed_dataset
+    from .models import ModelSpecError, ModelUnavailable
+
+    try:
+        ds = ws.open(args.name)
+    except KeyError as e:
+        return _err(e.args[0])
+    bars: dict[str, tqdm] = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        if args.quiet:
+            return
+        if stage not in bars:
+            bars[stage] = tqdm(total=total, desc=f"embedding {stage}", unit=stage[:-1] if stage == "images" else "cap",
+                               file=sys.stderr)
+        bars[stage].update(done - bars[stage].n)
+
+    try:
+        emb = embed_dataset(ws, ds, args.model, batch_size=args.batch_size, workers=args.workers,
+                            device=args.device, progress=progress)
+    except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        return _err(str(e))
+    finally:
+        for b in bars.values():
+            b.close()
+    print(f"{ds.name} under {emb.model}: {len(emb.ids)} images, {len(emb.text)} captions, {emb.dim}-d; "
+          f"embedded {emb.computed['images']} images and {emb.computed['captions']} captions now, "
+          f"{emb.cached['images']} and {emb.cached['captions']} from the cache, in {emb.seconds:.1f} s")
+    print(f"cache: {emb.cache_path}")
+    for id_, why in emb.skipped[:20]:
+        print(f"  skipped {id_}: {why}")
+    return EXIT_OK
+
+
+def cmd_models(ws: Workspace, args) -> int:
+    from .models import KNOWN_SPECS, weights_status
+
+    for spec in KNOWN_SPECS:
+        present, where = weights_status(spec)
+        print(f"{'present' if present else 'missing':8} {spec:32} {where}")
+    return EXIT_OK
+
+
+def cmd_builtin_train(ws: Workspace, args) -> int:
+    from tqdm import tqdm
+
+    from . import builtin
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("batch_size", args.batch_size),
+                                   ("n_train", args.n_train)) if v is not None}
+    bar = tqdm(total=overrides.get("steps", builtin.DEFAULTS["steps"]), desc="training builtin:shapes",
+               unit="step", file=sys.stderr, disable=args.quiet)
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    metrics = builtin.train(args.out, progress=progress, **overrides)
+    bar.close()
+    r = metrics["test_recall"]
+    print(f"wrote {Path(args.out) / 'model.safetensors'} in {metrics['train_seconds']:.0f} s; test "
+          f"i2t R@1/5/10 {r['i2t']['R@1']:.3f}/{r['i2t']['R@5']:.3f}/{r['i2t']['R@10']:.3f}, "
+          f"t2i {r['t2i']['R@1']:.3f}/{r['t2i']['R@5']:.3f}/{r['t2i']['R@10']:.3f}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmviz", description="See and fix the geometry of image-text embedding spaces.")
     p.add_argument("--home", help="workspace folder (default: $MMVIZ_HOME or ~/.mmviz)")
@@ -188,6 +257,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("delete", help="delete datasets")
     s.add_argument("names", nargs="+", metavar="NAME")
     s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("embed", help="embed a dataset's images and captions with a model (cached)",
+                       description="Embed with any open_clip model; only images and captions not yet in the "
+                                   "workspace's cache for that model are computed.")
+    s.add_argument("name", help="dataset name")
+    s.add_argument("--model", default="builtin:shapes",
+                   help="model spec: builtin:shapes (default), ARCH:TAG (ViT-B-32:laion2b_s34b_b79k), "
+                        "ARCH:/path/weights.safetensors, ARCH:random, local-dir:/path, hf-hub:org/repo")
+    s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    s.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 4)")
+    s.add_argument("--device", help="cuda, mps or cpu (default: the best available, or $MMVIZ_DEVICE)")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("models", help="list known models and whether their weights are here")
+    s.set_defaults(func=cmd_models)
+
+    s = sub.add_parser("builtin", help="the builtin model (builtin:shapes)")
+    bsub = s.add_subparsers(dest="builtin_command", metavar="COMMAND")
+    bsub.required = True
+    t = bsub.add_parser("train", help="retrain the builtin model on the shapes world (CPU, ~25 min)",
+                        description="Reproduce assets/builtin-shapes/model.safetensors and metrics.json.")
+    from .models import BUILTIN_DIR
+
+    t.add_argument("--out", default=str(BUILTIN_DIR), help=f"output folder (default {BUILTIN_DIR})")
+    t.add_argument("--steps", type=int, help="optimizer steps (default 2400)")
+    t.add_argument("--batch-size", type=int, help="pairs per step (default 128)")
+    t.add_argument("--n-train", type=int, help="training scenes (default 20000)")
+    t.add_argument("--seed", type=int, help="seed (default 0)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_builtin_train)
 
     s = sub.add_parser("app", help="launch the browser app (binds to 127.0.0.1 unless --host is given)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")

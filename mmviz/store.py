@@ -13,6 +13,7 @@ re-importing identical data is a no-op (same content hash).
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import hashlib
 import json
 import os
@@ -111,6 +112,21 @@ def content_hash(pset: PairedSet) -> str:
         if arr is not None:
             h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+def text_key(caption: str) -> str:
+    """Cache key of a caption: sha256 of its exact UTF-8 text."""
+    return hashlib.sha256(caption.encode("utf-8")).hexdigest()
+
+
+def precomputed_fingerprint(model_name: str) -> str:
+    return hashlib.sha256(f"precomputed/{model_name}".encode()).hexdigest()[:20]
+
+
+def precomputed_keys(content_hash: str, ids: list[str], modality: str) -> list[str]:
+    """Keys of imported vectors: they belong to one dataset's rows, not to content that any
+    model could re-embed, so they are namespaced by the dataset version."""
+    return [hashlib.sha256(f"{content_hash}/{i}/{modality}".encode()).hexdigest() for i in ids]
 
 
 @dataclass
@@ -291,6 +307,12 @@ class Workspace:
             if version.exists():  # complete leftover of an import interrupted after its rename
                 shutil.rmtree(version)
             os.rename(staging, version)
+            if pset.has_vectors:  # the embedding cache holds them like any model's vectors
+                cache = EmbeddingCache(self, precomputed_fingerprint(pset.vector_model),
+                                       {"spec": pset.vector_model, "dim": int(pset.image_vectors.shape[1]),
+                                        "precomputed": True})
+                cache.put("image", precomputed_keys(digest, pset.ids, "image"), pset.image_vectors)
+                cache.put("text", precomputed_keys(digest, pset.ids, "text"), pset.text_vectors)
             atomic_write_bytes(ds_dir / "CURRENT", version.name.encode())
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -363,3 +385,91 @@ class Workspace:
                     continue
                 if age > 3600:
                     shutil.rmtree(p, ignore_errors=True)
+
+
+class EmbeddingCache:
+    """Vectors of one model, keyed by the content hash of what was embedded.
+
+    Layout: `<home>/embeddings/<fingerprint>/<modality>/shard-*.npz`, each shard holding
+    `keys` (sha256 hex of the image bytes or caption text) and `vectors` (float32), written
+    atomically. A job adds a shard every few hundred items, so a killed job keeps what it
+    finished and a rerun embeds only the rest. The same content under the same model is
+    never embedded twice, whichever dataset it came from.
+    """
+
+    def __init__(self, workspace: "Workspace", fingerprint: str, info: dict | None = None):
+        self.path = workspace.home / "embeddings" / fingerprint
+        self.fingerprint = fingerprint
+        self._index: dict[str, dict[bytes, tuple[Path, int]]] = {}
+        if info is not None and not (self.path / "model.json").exists():
+            atomic_write_json(self.path / "model.json", info)
+
+    @property
+    def info(self) -> dict:
+        p = self.path / "model.json"
+        return json.loads(p.read_text("utf-8")) if p.exists() else {}
+
+    def _shards(self, modality: str) -> list[Path]:
+        d = self.path / modality
+        return sorted(d.glob("shard-*.npz")) if d.is_dir() else []
+
+    def _load_index(self, modality: str) -> dict[bytes, tuple[Path, int]]:
+        index = self._index.setdefault(modality, {})
+        known = {p for p, _ in index.values()}
+        for shard in self._shards(modality):
+            if shard in known:
+                continue
+            with np.load(shard, allow_pickle=False) as z:
+                for row, key in enumerate(z["keys"]):
+                    index[bytes(key)] = (shard, row)
+        return index
+
+    def __len__(self) -> int:
+        return sum(len(self._load_index(m)) for m in ("image", "text"))
+
+    def missing(self, modality: str, keys: list[str]) -> list[str]:
+        """The keys (deduplicated, in first-seen order) that have no vector yet."""
+        index = self._load_index(modality)
+        out, seen = [], set()
+        for k in keys:
+            kb = k.encode()
+            if kb not in index and kb not in seen:
+                seen.add(kb)
+                out.append(k)
+        return out
+
+    def put(self, modality: str, keys: list[str], vectors: np.ndarray) -> None:
+        if len(keys) == 0:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        assert len(keys) == len(vectors), (len(keys), vectors.shape)
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.array(keys, dtype="S64"), vectors=vectors)
+        shard = self.path / modality / f"shard-{uuid.uuid4().hex}.npz"
+        atomic_write_bytes(shard, buf.getvalue())
+        index = self._index.setdefault(modality, {})
+        for row, k in enumerate(keys):
+            index[k.encode()] = (shard, row)
+
+    def get(self, modality: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, D) with zeros where missing, found mask (n,))."""
+        index = self._load_index(modality)
+        where = [index.get(k.encode()) for k in keys]
+        found = np.array([w is not None for w in where], dtype=bool)
+        dim = None
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for i, w in enumerate(where):
+            if w is not None:
+                by_shard.setdefault(w[0], []).append((i, w[1]))
+        out = None
+        for shard, pairs in by_shard.items():
+            with np.load(shard, allow_pickle=False) as z:
+                vecs = z["vectors"]
+            if out is None:
+                dim = vecs.shape[1]
+                out = np.zeros((len(keys), dim), dtype=np.float32)
+            rows_out, rows_in = zip(*pairs)
+            out[list(rows_out)] = vecs[list(rows_in)]
+        if out is None:
+            out = np.zeros((len(keys), self.info.get("dim", 0)), dtype=np.float32)
+        return out, found

@@ -1,0 +1,253 @@
+"""The embedding engine: a dataset's images and captions through a model, with a cache.
+
+`embed_dataset(ws, dataset, spec)` returns L2-normalised float32 vectors aligned with the
+dataset's ids. Everything already in the workspace's embedding cache (same model
+fingerprint, same image bytes or caption text) is reused; the rest is computed in batches
+(images decoded in DataLoader workers, `torch.inference_mode`, fp16 on GPU) and written to
+the cache every few hundred items, so an interrupted job resumes where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .models import LoadedModel, load_model, resolve
+from .store import Dataset, EmbeddingCache, Workspace, precomputed_fingerprint, precomputed_keys, text_key
+
+# progress(done, total, stage): stage is "images" or "captions"; total counts uncached items.
+EmbedProgress = Callable[[int, int, str], None]
+FLUSH_EVERY = 512  # items per cache shard while a job runs
+
+
+@dataclass
+class Embeddings:
+    """Vectors of one dataset under one model. `image[i]` belongs to `ids[i]`; `text` holds
+    every caption, `text_owner[j]` being the row its image is at; `paired_text` the first
+    caption of each row. Rows whose image could not be embedded are left out (`skipped`)."""
+
+    model: str
+    fingerprint: str
+    ids: list[str]
+    image: np.ndarray
+    text: np.ndarray
+    text_owner: np.ndarray
+    captions: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (id, reason)
+    computed: dict[str, int] = field(default_factory=dict)  # items embedded now, per modality
+    cached: dict[str, int] = field(default_factory=dict)  # items found in the cache
+    seconds: float = 0.0
+    cache_path: str = ""
+
+    @property
+    def paired_text(self) -> np.ndarray:
+        first = np.unique(self.text_owner, return_index=True)[1]
+        return self.text[first]
+
+    @property
+    def dim(self) -> int:
+        return int(self.image.shape[1])
+
+
+class _ImageFiles:
+    """Map-style dataset: path -> preprocessed tensor, or None when the file fails to decode."""
+
+    def __init__(self, paths: list[str], preprocess):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image, ImageOps
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                return i, self.preprocess(im), ""
+        except Exception as e:  # corrupt or vanished since import: reported, never fatal
+            return i, None, f"{type(e).__name__}: {e}"
+
+
+def _collate(batch):
+    import torch
+
+    ok = [(i, x) for i, x, _ in batch if x is not None]
+    bad = [(i, err) for i, x, err in batch if x is None]
+    idx = [i for i, _ in ok]
+    return idx, (torch.stack([x for _, x in ok]) if ok else None), bad
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def encode_images(loaded: LoadedModel, paths: list[str], batch_size: int = 64, workers: int | None = None,
+                  on_batch: Callable[[list[int], np.ndarray, list[tuple[int, str]]], None] | None = None) -> None:
+    """Encode image files; `on_batch(indices, vectors, failures)` receives each batch."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(_ImageFiles(paths, loaded.preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, pin_memory=loaded.device.type == "cuda")
+    with torch.inference_mode():
+        for idx, x, bad in loader:
+            vecs = np.zeros((0, loaded.embed_dim), dtype=np.float32)
+            if x is not None:
+                feats = loaded.model.encode_image(x.to(loaded.device, dtype=loaded.dtype, non_blocking=True))
+                vecs = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            on_batch(idx, vecs, bad)
+
+
+def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256,
+                 on_batch: Callable[[list[int], np.ndarray], None] | None = None) -> np.ndarray | None:
+    """Encode captions; with `on_batch` each batch is handed over, else all are returned."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            tokens = loaded.tokenizer(texts[start:start + batch_size]).to(loaded.device)
+            feats = loaded.model.encode_text(tokens)
+            vecs = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            if on_batch:
+                on_batch(list(range(start, start + len(vecs))), vecs)
+            else:
+                out.append(vecs)
+    if on_batch:
+        return None
+    return np.concatenate(out) if out else np.zeros((0, loaded.embed_dim), dtype=np.float32)
+
+
+def _precomputed(ws: Workspace, ds: Dataset) -> Embeddings:
+    t = ds.table()
+    name, digest = ds.manifest["vector_model"], ds.manifest["content_hash"]
+    cache = EmbeddingCache(ws, precomputed_fingerprint(name))
+    ids = t["id"].tolist()
+    img, f1 = cache.get("image", precomputed_keys(digest, ids, "image"))
+    txt, f2 = cache.get("text", precomputed_keys(digest, ids, "text"))
+    if not (f1.all() and f2.all()):  # datasets imported before the cache existed
+        vi, vt = ds.vectors()
+        img, txt = vi, vt
+    caps = [c[0] for c in t["captions"]]
+    n = len(ids)
+    return Embeddings(name, cache.fingerprint, ids, img, txt, np.arange(n), caps,
+                      cached={"images": n, "captions": n}, computed={"images": 0, "captions": 0},
+                      cache_path=str(cache.path))
+
+
+def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch_size: int = 64,
+                  workers: int | None = None, device: str | None = None,
+                  progress: EmbedProgress | None = None) -> Embeddings:
+    """Embed `ds` with `model` (a spec or a loaded model), using and filling the cache.
+
+    A dataset of imported vectors asked for under its own model name returns them as stored.
+    """
+    t0 = time.time()
+    if isinstance(model, str) and model == ds.manifest.get("vector_model"):
+        return _precomputed(ws, ds)
+    # Only build the model when something is missing: a fully cached run needs the fingerprint only.
+    resolved = model if isinstance(model, LoadedModel) else resolve(model)
+    cache = EmbeddingCache(ws, resolved.fingerprint)
+    _loaded: list[LoadedModel] = [model] if isinstance(model, LoadedModel) else []
+
+    def loaded() -> LoadedModel:
+        if not _loaded:
+            _loaded.append(load_model(resolved.spec, device))
+        if not (cache.path / "model.json").exists():
+            m = _loaded[0]
+            EmbeddingCache(ws, m.fingerprint, {"spec": m.name, "dim": m.embed_dim, "weights": m.weights})
+        return _loaded[0]
+
+    t = ds.table()
+    ids = t["id"].tolist()
+    img_keys = t["image_sha256"].tolist()
+    has_image = [isinstance(k, str) and len(k) == 64 for k in img_keys]
+    if not any(has_image):
+        raise ValueError(f"dataset {ds.name} has no images to embed; it holds vectors from "
+                         f"{ds.manifest.get('vector_model')!r}: embed it under that name")
+    captions = [c for caps in t["captions"] for c in caps]
+    owner_all = np.repeat(np.arange(len(ids)), [len(c) for c in t["captions"]])
+    txt_keys = [text_key(c) for c in captions]
+    skipped: list[tuple[str, str]] = [(i, "no image") for i, h in zip(ids, has_image) if not h]
+
+    # images: embed each missing content hash once (duplicates share a file)
+    todo = cache.missing("image", [k for k, h in zip(img_keys, has_image) if h])
+    first_row = {}
+    for row, k in enumerate(img_keys):
+        first_row.setdefault(k, row)
+    paths = [str(ds.image_path(first_row[k])) for k in todo]
+    failed: dict[str, str] = {}
+    pending_k, pending_v, done = [], [], 0
+
+    def flush(modality: str) -> None:
+        if pending_k:
+            cache.put(modality, list(pending_k), np.concatenate(pending_v))
+            pending_k.clear()
+            pending_v.clear()
+
+    def on_image_batch(idx, vecs, bad):
+        nonlocal done
+        pending_k.extend(todo[i] for i in idx)
+        pending_v.append(vecs)
+        for i, err in bad:
+            failed[todo[i]] = err
+        done += len(idx) + len(bad)
+        if sum(len(v) for v in pending_v) >= FLUSH_EVERY:
+            flush("image")
+        if progress:
+            progress(done, len(todo), "images")
+
+    if todo:
+        if progress:
+            progress(0, len(todo), "images")
+        encode_images(loaded(), paths, batch_size, workers, on_image_batch)
+        flush("image")
+
+    # captions
+    ttodo = cache.missing("text", txt_keys)
+    tfirst = {}
+    for j, k in enumerate(txt_keys):
+        tfirst.setdefault(k, j)
+    texts = [captions[tfirst[k]] for k in ttodo]
+    tdone = 0
+
+    def on_text_batch(idx, vecs):
+        nonlocal tdone
+        pending_k.extend(ttodo[i] for i in idx)
+        pending_v.append(vecs)
+        tdone += len(idx)
+        if sum(len(v) for v in pending_v) >= FLUSH_EVERY:
+            flush("text")
+        if progress:
+            progress(tdone, len(ttodo), "captions")
+
+    if ttodo:
+        if progress:
+            progress(0, len(ttodo), "captions")
+        encode_texts(loaded(), texts, max(batch_size, 128), on_text_batch)
+        flush("text")
+
+    todo_set, ttodo_set = set(todo), set(ttodo)
+    # assemble from the cache, in dataset order
+    img, found = cache.get("image", [k if h else "" for k, h in zip(img_keys, has_image)])
+    for row, (k, f, h) in enumerate(zip(img_keys, found, has_image)):
+        if h and not f:
+            skipped.append((ids[row], f"image could not be decoded: {failed.get(k, 'unknown error')}"))
+    keep = found & np.array(has_image)
+    rows = np.flatnonzero(keep)
+    new_row = -np.ones(len(ids), dtype=np.int64)
+    new_row[rows] = np.arange(len(rows))
+    txt, _ = cache.get("text", txt_keys)
+    tkeep = keep[owner_all]
+    return Embeddings(
+        model=resolved.spec.raw, fingerprint=resolved.fingerprint, ids=[ids[r] for r in rows], image=img[rows],
+        text=txt[tkeep], text_owner=new_row[owner_all[tkeep]], captions=[c for c, k in zip(captions, tkeep) if k],
+        skipped=skipped, computed={"images": len(todo) - len(failed), "captions": len(ttodo)},
+        cached={"images": sum(1 for k, h in zip(img_keys, has_image) if h and k not in todo_set),
+                "captions": sum(1 for k in txt_keys if k not in ttodo_set)},
+        seconds=time.time() - t0, cache_path=str(cache.path))
