@@ -16,6 +16,8 @@ COLOURS = {"red": (220, 20, 20), "green": (20, 180, 40), "blue": (30, 40, 210)}
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
+    h.mkdir()
+    (h / ".demo-offered").touch()  # these tests start from an empty workspace, not the demo
     monkeypatch.setenv("MMVIZ_HOME", str(h))
     return h
 
@@ -112,7 +114,7 @@ def test_vectors_dataset_shows_paired_cosine(home, tmp_path):
     Workspace(home).import_path(tmp_path / "vecs.npy", "vecs")
     at = run_app()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Vectors"] == "8-d"
+    assert metrics["Imported vectors"] == "8-d"
     a, t = img[0] / np.linalg.norm(img[0]), txt[0] / np.linalg.norm(txt[0])
     assert metrics["cos(image, text)"] == f"{a @ t:.3f}"
     assert "thumbnail" not in at.dataframe[0].value.columns
@@ -137,3 +139,59 @@ def test_local_path_import_is_off_when_served_to_others(home, monkeypatch):
     at = run_app()
     assert "Importing from local paths is off" in at.info[0].value
     assert [t.key for t in at.text_input] == ["upload_name"]
+
+
+def test_first_launch_creates_the_demo_once(tmp_path, monkeypatch):
+    home = tmp_path / "fresh"
+    monkeypatch.setenv("MMVIZ_HOME", str(home))
+    at = run_app()
+    assert at.sidebar.selectbox(key="dataset").value == "shapes-demo"
+    assert at.sidebar.selectbox(key="model_choice").value == "builtin:shapes"
+    assert [m.value for m in at.metric][:3] == ["600", f"{Workspace(home).open('shapes-demo').manifest['captions']:,}", "600"]
+    Workspace(home).delete("shapes-demo")
+    at = run_app()  # a later launch does not bring back a demo the user deleted
+    assert Workspace(home).names() == []
+    assert at.sidebar.selectbox(key="dataset").value is None
+
+
+@pytest.fixture
+def random_checkpoint(tmp_path):
+    """Seeded random weights of the builtin architecture, as a local checkpoint spec."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mmviz.models import BUILTIN_ARCH, _open_clip
+
+    torch.manual_seed(3)
+    model = _open_clip().create_model(BUILTIN_ARCH)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return f"{BUILTIN_ARCH}:{path}"
+
+
+def test_embed_from_the_data_page(home, tmp_path, random_checkpoint):
+    from mmviz import synthetic
+
+    scenes = synthetic.make_world(0, 0, 12, seed=5)["test"]
+    Workspace(home).import_path(synthetic.write_imagefolder(scenes, tmp_path / "small"), "small")
+    at = run_app()
+    at.sidebar.selectbox(key="model_choice").select("Other…").run()
+    at.sidebar.text_input(key="model_custom").input(random_checkpoint).run()
+    n_caps = sum(len(s.captions) for s in scenes)
+    assert f"0 / 12 images and 0 / {n_caps} captions cached" in texts(at)
+    at.button(key="embed").click().run()
+    assert not at.exception, at.exception
+    assert at.success[-1].value.startswith("Embedded 12 images and ")
+    at.run()
+    assert f"12 / 12 images and {n_caps} / {n_caps} captions cached" in texts(at)
+    assert at.button(key="embed").disabled
+
+
+def test_unavailable_model_is_flagged_and_the_page_keeps_working(home, folder):
+    Workspace(home).import_path(folder, "shapes")
+    at = run_app()
+    at.sidebar.selectbox(key="model_choice").select("ViT-B-32:laion2b_s34b_b79k").run()
+    assert not at.exception
+    assert any("not downloaded yet" in w.value for w in at.sidebar.warning)
+    assert any("Cannot embed with ViT-B-32:laion2b_s34b_b79k" in w.value for w in at.warning)
+    assert at.dataframe[0].value["id"].tolist() == ["red.png", "green.png", "blue.png"]  # browsing still works

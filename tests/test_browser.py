@@ -41,6 +41,8 @@ def free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = free_port()
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".demo-offered").touch()  # start empty: the test uploads its own set
     env = dict(os.environ, MMVIZ_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(

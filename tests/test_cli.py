@@ -208,10 +208,11 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "usage: mmviz" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app"])
+@pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
+                                 "builtin train"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
-        main(([sub] if sub else []) + ["--help"])
+        main((sub.split() if sub else []) + ["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: mmviz{' ' + sub if sub else ''}")
@@ -219,7 +220,7 @@ def test_help_exits_0(sub, capsys):
 
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["app", "delete", "import", "list", "show"]
+    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "import", "list", "models", "show"]
 
 
 def _console_script() -> str:

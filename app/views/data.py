@@ -12,6 +12,8 @@ import streamlit as st
 
 import common
 from mmviz.data import DataFormatError
+from mmviz.embed import cache_status, embed_dataset
+from mmviz.models import ModelSpecError, ModelUnavailable
 from mmviz.store import Dataset, name_from_path
 
 PAGE_SIZE = 100
@@ -111,12 +113,13 @@ def browse_section(ds: Dataset) -> None:
     cols[0].metric("Pairs", f"{m['pairs']:,}")
     cols[1].metric("Captions", f"{m['captions']:,}")
     cols[2].metric("Images", f"{m['images']:,}")
-    cols[3].metric("Vectors", f"{m['dim']}-d" if m.get("dim") else "none yet",
-                   help=m.get("vector_model") or "Embed the set with a model to get vectors")
+    cols[3].metric("Imported vectors", f"{m['dim']}-d" if m.get("dim") else "none",
+                   help=m.get("vector_model") or "Vectors that came with the data; embed below with any model")
     n_skipped = len(ds.report.skipped)
     st.caption(f"From {m['source']} ({m['format']}); images {m['images_stored']}; "
                f"{n_skipped:,} row{'s' if n_skipped != 1 else ''} skipped at import.")
 
+    embed_section(ds)
     table = browse_table(str(ds.path), ds.name)
     query = st.text_input("Search captions", key="search", placeholder="substring, e.g. dog")
     hits = table
@@ -153,6 +156,45 @@ def browse_section(ds: Dataset) -> None:
     pair_id = st.selectbox("Open pair", ids, key="pair_id", format_func=lambda i: f"{i} · {captions[i][:80]}",
                            help="Or click a row in the table")
     pair_detail(ds, table, pair_id)
+
+
+def embed_section(ds: Dataset) -> None:
+    spec = common.current_model()
+    if not spec:
+        st.info("Type a model spec in the sidebar to embed this set.")
+        return
+    ws = common.workspace()
+    try:
+        status = cache_status(ws, ds, spec)
+    except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        st.warning(f"Cannot embed with {spec}: {e}", icon=":material/cloud_off:")
+        return
+    done = status["images_cached"] == status["images"] and status["captions_cached"] == status["captions"]
+    with st.container(border=True):
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.markdown(f"**Embeddings under `{spec}`**: {status['images_cached']:,} / {status['images']:,} images "
+                      f"and {status['captions_cached']:,} / {status['captions']:,} captions cached.")
+        left.caption(f"Cache: {status['cache_path']}")
+        clicked = right.button("Embed" if not done else "Embedded", key="embed", disabled=done or status["images"] == 0,
+                               type="primary", width="stretch")
+        if clicked:
+            bar = st.progress(0.0, text=f"Loading {spec}…")
+
+            def progress(n: int, total: int, stage: str) -> None:
+                bar.progress(n / max(total, 1), text=f"Embedding {stage}: {n:,} / {total:,}")
+
+            try:
+                emb = embed_dataset(ws, ds, spec, progress=progress)
+            except (ModelSpecError, ModelUnavailable, ValueError) as e:
+                bar.empty()
+                st.error(str(e))
+                return
+            bar.empty()
+            st.success(f"Embedded {emb.computed['images']:,} images and {emb.computed['captions']:,} captions in "
+                       f"{emb.seconds:.1f} s ({emb.cached['images']:,} and {emb.cached['captions']:,} were cached); "
+                       f"{emb.dim}-d vectors.", icon=":material/check_circle:")
+            for id_, why in emb.skipped[:10]:
+                st.warning(f"Skipped {id_}: {why}")
 
 
 def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
