@@ -247,7 +247,26 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
     return Embeddings(
         model=resolved.spec.raw, fingerprint=resolved.fingerprint, ids=[ids[r] for r in rows], image=img[rows],
         text=txt[tkeep], text_owner=new_row[owner_all[tkeep]], captions=[c for c, k in zip(captions, tkeep) if k],
+        # Counted per distinct image/caption, so computed + cached = what the set needs embedded.
         skipped=skipped, computed={"images": len(todo) - len(failed), "captions": len(ttodo)},
-        cached={"images": sum(1 for k, h in zip(img_keys, has_image) if h and k not in todo_set),
-                "captions": sum(1 for k in txt_keys if k not in ttodo_set)},
+        cached={"images": len({k for k, h in zip(img_keys, has_image) if h} - todo_set),
+                "captions": len(set(txt_keys) - ttodo_set)},
         seconds=time.time() - t0, cache_path=str(cache.path))
+
+
+def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
+    """How much of `ds` the cache already holds for `model`, without loading the model:
+    {"images", "images_cached", "captions", "captions_cached", "cache_path"}."""
+    t = ds.table()
+    n_caps = int(sum(len(c) for c in t["captions"]))
+    if model == ds.manifest.get("vector_model"):
+        cache = EmbeddingCache(ws, precomputed_fingerprint(model))
+        return {"images": len(t), "images_cached": len(t), "captions": len(t), "captions_cached": len(t),
+                "cache_path": str(cache.path)}
+    cache = EmbeddingCache(ws, resolve(model, download=False).fingerprint)
+    img_keys = [k for k in t["image_sha256"].tolist() if isinstance(k, str) and len(k) == 64]
+    txt_keys = [text_key(c) for caps in t["captions"] for c in caps]
+    miss_i, miss_t = set(cache.missing("image", img_keys)), set(cache.missing("text", txt_keys))
+    return {"images": len(img_keys), "images_cached": sum(k not in miss_i for k in img_keys),
+            "captions": n_caps, "captions_cached": sum(k not in miss_t for k in txt_keys),
+            "cache_path": str(cache.path)}

@@ -79,10 +79,13 @@ def parse_spec(spec: str) -> ModelSpec:
             raise ModelSpecError(f"unknown builtin model {raw!r}; the builtin model is {BUILTIN_SPEC}")
         return ModelSpec(raw, "builtin", arch=BUILTIN_ARCH, path=BUILTIN_DIR / "model.safetensors")
     if raw.startswith("local-dir:"):
-        path = Path(raw[len("local-dir:"):]).expanduser()
-        return ModelSpec(raw, "local-dir", path=path)
+        rest = raw[len("local-dir:"):].strip()
+        if not rest:  # Path("") is the working directory: never what was meant
+            raise ModelSpecError(f"{raw!r}: expected local-dir:/path/to/folder (an open_clip folder)")
+        return ModelSpec(raw, "local-dir", path=Path(rest).expanduser())
     if raw.startswith("hf-hub:"):
-        if raw.count("/") != 1:
+        org, _, repo = raw[len("hf-hub:"):].partition("/")
+        if not org or not repo or "/" in repo:
             raise ModelSpecError(f"{raw!r}: expected hf-hub:ORG/REPO")
         return ModelSpec(raw, "hf-hub", tag=raw[len("hf-hub:"):])
     arch, sep, rest = raw.partition(":")
@@ -153,8 +156,9 @@ def weights_status(spec: str | ModelSpec) -> tuple[bool, str]:
     if s.kind in ("builtin", "checkpoint"):
         return (True, str(s.path)) if s.path.is_file() else (False, f"no file at {s.path}")
     if s.kind == "local-dir":
-        ok = (s.path / "open_clip_config.json").is_file()
-        return (True, str(s.path)) if ok else (False, f"no open_clip_config.json in {s.path}")
+        if not (s.path / "open_clip_config.json").is_file():
+            return False, f"no open_clip_config.json in {s.path}"
+        return (True, str(s.path)) if _dir_weights(s.path) else (False, f"no weights file in {s.path}")
     if s.kind == "pretrained":
         hit = _cached_pretrained(s.arch, s.tag)
         return (True, hit) if hit else (False, "not downloaded yet")
@@ -166,6 +170,12 @@ def weights_status(spec: str | ModelSpec) -> tuple[bool, str]:
                 return True, f"Hugging Face cache ({s.tag})"
         return False, "not downloaded yet"
     return False, "unknown"
+
+
+def _dir_weights(folder: Path) -> str | None:
+    """The weights file open_clip loads from an open_clip folder (so that the fingerprint
+    hashes the weights actually loaded), or None."""
+    return _open_clip().factory._find_checkpoint_in_dir(Path(folder))
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -256,18 +266,23 @@ def fingerprint(spec: ModelSpec, weights: str | None) -> str:
     return h.hexdigest()[:20]
 
 
-_cache: dict[tuple[str, str], LoadedModel] = {}
+_cache: dict[tuple[str, str, str], LoadedModel] = {}
 _lock = threading.Lock()
 
 
 def load_model(spec: str | ModelSpec, device: str | None = None) -> LoadedModel:
-    """Load (once per process and device) the model a spec names."""
+    """Load (once per process, device and weights) the model a spec names."""
     s = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
     dev = pick_device(device)
-    key = (s.raw, str(dev))
+    # The fingerprint is in the key: a checkpoint rewritten in place must not be served by the
+    # old model, whose vectors would then be cached under the new weights' fingerprint.
+    r = resolve(s)
+    key = (s.raw, str(dev), r.fingerprint)
     with _lock:
         if key not in _cache:
-            _cache[key] = _load(s, dev)
+            for old in [k for k in _cache if k[:2] == key[:2]]:  # superseded weights
+                del _cache[old]
+            _cache[key] = _load(s, dev, r)
         return _cache[key]
 
 
@@ -300,8 +315,9 @@ def resolve(spec: str | ModelSpec, download: bool = True) -> Resolved:
     elif s.kind == "local-dir":
         if not (s.path / "open_clip_config.json").is_file():
             raise ModelUnavailable(f"{s.path} is not an open_clip folder (no open_clip_config.json)")
-        found = sorted(p for p in s.path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES)
-        weights = str(found[0]) if found else None
+        weights = _dir_weights(s.path)
+        if weights is None:  # open_clip would build an unseeded random model under a stable key
+            raise ModelUnavailable(f"no weights file (.safetensors, .bin or .pth) in {s.path}")
     elif s.kind == "hf-hub":
         present, _ = weights_status(s)
         if not present and (not download or not hub_reachable()):
@@ -309,21 +325,31 @@ def resolve(spec: str | ModelSpec, download: bool = True) -> Resolved:
     return Resolved(s, weights, fingerprint(s, weights))
 
 
-def _load(s: ModelSpec, dev) -> LoadedModel:
+def _load(s: ModelSpec, dev, r: Resolved) -> LoadedModel:
     import torch
 
     oc = _open_clip()
-    r = resolve(s)
     precision = "fp16" if dev.type == "cuda" else "fp32"
+    pp = {}
     if s.kind in ("builtin", "checkpoint", "pretrained"):
         name, pretrained = s.arch, r.weights
+        if s.kind == "pretrained":
+            # Given a file rather than the tag, open_clip falls back to the architecture's default
+            # preprocessing; the tag's own (e.g. SigLIP's mean/std) has to be passed explicitly.
+            cfg = oc.get_pretrained_cfg(s.arch, s.tag)
+            pp = dict(image_mean=cfg.get("mean"), image_std=cfg.get("std"),
+                      image_interpolation=cfg.get("interpolation"), image_resize_mode=cfg.get("resize_mode"))
+            if cfg.get("quick_gelu"):  # OpenAI's weights were trained with QuickGELU, not GELU
+                pp["force_quick_gelu"] = True
     elif s.kind == "random":
         name, pretrained = s.arch, None
         torch.manual_seed(0)  # the same random model in every process: a stable cache key
-    else:  # local-dir, hf-hub: open_clip reads the folder or hub repo itself
+    elif s.kind == "local-dir":  # open_clip reads the folder itself, but does not expand "~"
+        name, pretrained = f"local-dir:{s.path}", None
+    else:  # hf-hub: open_clip reads the hub repo itself
         name, pretrained = s.raw, None
     model, _, preprocess = oc.create_model_and_transforms(name, pretrained=pretrained, precision=precision,
-                                                          device=dev, weights_only=True)
+                                                          device=dev, weights_only=True, **pp)
     model.eval()
     tokenizer = oc.get_tokenizer(name)
     dtype = next(model.parameters()).dtype

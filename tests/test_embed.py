@@ -1,0 +1,271 @@
+"""The embedding engine: exact vectors, the content-addressed cache, resuming, bad images."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmviz import embed as embed_mod
+from mmviz import synthetic
+from mmviz.builtin import make_demo
+from mmviz.embed import cache_status, embed_dataset
+from mmviz.models import BUILTIN_ARCH, _open_clip, load_model
+from mmviz.store import EmbeddingCache, Workspace, precomputed_fingerprint
+
+N = 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: on a small machine shared with other jobs, OpenMP threads spinning
+    for cores make these tiny models many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> str:
+    """A checkpoint spec of seeded random mmviz-shapes weights (independent of assets/)."""
+    from safetensors.torch import save_file
+
+    oc = _open_clip()
+    torch.manual_seed(1)
+    m = oc.create_model(BUILTIN_ARCH)
+    path = tmp_path_factory.mktemp("weights") / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(path))
+    return f"{BUILTIN_ARCH}:{path}"
+
+
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    return Workspace(tmp_path / "ws")
+
+
+@pytest.fixture
+def demo(ws):
+    return make_demo(ws, n=N)
+
+
+def all_captions(ds) -> list[str]:
+    return [c for caps in ds.table()["captions"] for c in caps]
+
+
+def embed(ws, ds, spec, **kw):
+    return embed_dataset(ws, ds, spec, batch_size=kw.pop("batch_size", 16), workers=0, device="cpu", **kw)
+
+
+def test_vectors_equal_a_direct_open_clip_call(ws, demo, spec):
+    from PIL import Image
+
+    e = embed(ws, demo, spec)
+    t = demo.table()
+    caps = all_captions(demo)
+    assert e.model == spec and e.ids == t["id"].tolist() and len(e.ids) == N and e.skipped == []
+    assert e.image.shape == (N, 128) and e.image.dtype == np.float32
+    assert e.text.shape == (len(caps), 128) and e.text.dtype == np.float32 and e.dim == 128
+    np.testing.assert_allclose(np.linalg.norm(e.image, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(e.text, axis=1), 1, atol=1e-5)
+    assert e.captions == caps
+    owner = np.repeat(np.arange(N), [len(c) for c in t["captions"]])
+    np.testing.assert_array_equal(e.text_owner, owner)
+    first = np.concatenate([[0], np.cumsum([len(c) for c in t["captions"]])[:-1]])
+    np.testing.assert_array_equal(e.paired_text, e.text[first])
+    assert [e.captions[j] for j in first] == [c[0] for c in t["captions"]]
+
+    m = load_model(spec, device="cpu")
+    assert e.fingerprint == m.fingerprint
+    rows = [0, 7, 23, N - 1]
+    with torch.no_grad():
+        x = torch.stack([m.preprocess(Image.open(demo.image_path(r)).convert("RGB")) for r in rows])
+        direct = torch.nn.functional.normalize(m.model.encode_image(x), dim=-1).numpy()
+        np.testing.assert_allclose(e.image[rows], direct, atol=1e-5, rtol=0)
+        some = [0, 5, 17, len(caps) - 1]
+        tok = m.tokenizer([caps[j] for j in some])
+        direct_t = torch.nn.functional.normalize(m.model.encode_text(tok), dim=-1).numpy()
+        np.testing.assert_allclose(e.text[some], direct_t, atol=1e-5, rtol=0)
+    # the pixels embedded are the shapes world's own
+    scene = synthetic.make_world(0, 0, N, seed=0)["test"][7]
+    with Image.open(demo.image_path(7)) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(synthetic.render(scene)))
+
+
+def test_second_run_is_all_cache_hits(ws, demo, spec, monkeypatch):
+    caps = all_captions(demo)
+    progress = []
+    first = embed(ws, demo, spec, progress=lambda d, n, s: progress.append((d, n, s)))
+    unique = len(set(caps))
+    assert unique < len(caps)  # the shapes world repeats captions: each text is embedded once
+    assert first.computed == {"images": N, "captions": unique}
+    assert first.cached == {"images": 0, "captions": 0}
+    assert progress[0] == (0, N, "images") and progress[N // 16 + 1] == (N, N, "images")
+    assert progress[-1] == (unique, unique, "captions")
+    # equal captions share one vector
+    by_text = {}
+    for c, v in zip(first.captions, first.text):
+        if c in by_text:
+            assert np.array_equal(by_text[c], v)
+        by_text.setdefault(c, v)
+
+    cache = EmbeddingCache(ws, first.fingerprint)
+    assert first.cache_path == str(cache.path)
+    assert cache.info == {"spec": spec, "dim": 128, "weights": spec.split(":", 1)[1]}
+    assert len(cache) == N + unique
+
+    # a fully cached run never builds the model
+    monkeypatch.setattr(embed_mod, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    progress.clear()
+    again = embed(ws, demo, spec, progress=lambda d, n, s: progress.append((d, n, s)))
+    assert again.computed == {"images": 0, "captions": 0}
+    assert again.cached == {"images": N, "captions": len(set(caps))}  # distinct items, like computed
+    assert progress == []
+    assert again.ids == first.ids and again.captions == first.captions
+    assert np.array_equal(again.image, first.image) and np.array_equal(again.text, first.text)
+    assert np.array_equal(again.text_owner, first.text_owner)
+
+
+def test_overlapping_dataset_computes_only_new_content(ws, demo, spec, tmp_path):
+    first = embed(ws, demo, spec)
+    scenes = synthetic.make_world(0, 0, N + 5, seed=0)["test"]
+    subset, new = scenes[10:30], scenes[N:]
+    folder = synthetic.write_imagefolder(subset + new, tmp_path / "overlap")
+    ds2 = ws.import_path(folder, "overlap", copy_images=True).dataset
+    assert len(ds2) == 25
+    old_caps = set(all_captions(demo))
+    caps2 = all_captions(ds2)
+    new_caps = set(caps2) - old_caps
+    e2 = embed(ws, ds2, spec)
+    assert e2.computed == {"images": 5, "captions": len(new_caps)}
+    assert e2.cached == {"images": 20, "captions": len({c for c in caps2 if c in old_caps})}
+    assert e2.ids == [s.id for s in subset + new]
+    # the shared scenes have the very vectors computed for the first dataset
+    assert np.array_equal(e2.image[:20], first.image[10:30])
+    # and the new ones are what a fresh workspace computes for them
+    fresh = embed(Workspace(tmp_path / "fresh"), ds2, spec)
+    np.testing.assert_allclose(e2.image, fresh.image, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e2.text, fresh.text, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("stage", ["images", "captions"])
+def test_interrupted_job_resumes(ws, demo, spec, tmp_path, monkeypatch, stage):
+    monkeypatch.setattr(embed_mod, "FLUSH_EVERY", 8)
+    unique = len(set(all_captions(demo)))
+
+    class Stop(Exception):
+        pass
+
+    def stop_midway(done, total, s):
+        if s == stage and done >= (12 if stage == "images" else 128):
+            raise Stop
+
+    with pytest.raises(Stop):
+        embed(ws, demo, spec, batch_size=4, progress=stop_midway)
+    cache = EmbeddingCache(Workspace(ws.home), load_model(spec, device="cpu").fingerprint)
+    if stage == "images":
+        # batches of 4: a shard after 8 images; the third batch was never written
+        assert len(cache._load_index("image")) == 8 and len(cache._load_index("text")) == 0
+    else:
+        # images all done; captions go in batches of 128, flushed before the callback fired
+        assert len(cache._load_index("image")) == N and len(cache._load_index("text")) == 128
+    e = embed(ws, demo, spec, batch_size=4)
+    if stage == "images":
+        assert e.computed == {"images": N - 8, "captions": unique}
+    else:
+        assert e.computed == {"images": 0, "captions": unique - 128}
+    whole = embed(Workspace(tmp_path / "other"), demo, spec, batch_size=4)
+    assert e.ids == whole.ids and e.captions == whole.captions
+    np.testing.assert_allclose(e.image, whole.image, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e.text, whole.text, atol=1e-6, rtol=0)
+    assert np.array_equal(e.text_owner, whole.text_owner)
+
+
+def test_corrupt_image_is_skipped_not_fatal(ws, demo, spec, tmp_path):
+    t = demo.table()
+    bad = demo.image_path(3)
+    assert bad == demo.path / "files" / "images" / "test-000003.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png at all")
+    e = embed(ws, demo, spec)
+    assert len(e.skipped) == 1
+    sid, reason = e.skipped[0]
+    assert sid == "test-000003" and reason.startswith("image could not be decoded:")
+    assert "UnidentifiedImageError" in reason or "OSError" in reason
+    assert e.computed["images"] == N - 1
+    keep = [i for i in range(N) if i != 3]
+    assert e.ids == [t["id"][i] for i in keep] and e.image.shape == (N - 1, 128)
+    caps = [c for i in keep for c in t["captions"][i]]
+    assert e.captions == caps and len(e.text) == len(caps)
+    np.testing.assert_array_equal(e.text_owner, np.repeat(np.arange(N - 1), [len(t["captions"][i]) for i in keep]))
+    # every other row is exactly what an intact copy of the set gives
+    clean = embed(Workspace(tmp_path / "clean"), make_demo(Workspace(tmp_path / "clean"), n=N), spec)
+    np.testing.assert_allclose(e.image, clean.image[keep], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e.paired_text, clean.paired_text[keep], atol=1e-6, rtol=0)
+    # the failure is not cached: it is reported again, and nothing else is recomputed
+    again = embed(ws, demo, spec)
+    assert again.skipped == e.skipped and again.computed == {"images": 0, "captions": 0}
+
+
+def test_cache_status(ws, demo, spec):
+    n_caps = len(all_captions(demo))
+    before = cache_status(ws, demo, spec)
+    e = embed(ws, demo, spec)
+    assert before == {"images": N, "images_cached": 0, "captions": n_caps, "captions_cached": 0,
+                      "cache_path": e.cache_path}
+    after = cache_status(ws, demo, spec)
+    assert after == {"images": N, "images_cached": N, "captions": n_caps, "captions_cached": n_caps,
+                     "cache_path": e.cache_path}
+
+
+def vectors_dataset(ws, tmp_path, n=6, d=8):
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(2, n, d)).astype(np.float32) * rng.uniform(0.5, 3, size=(2, n, 1)).astype(np.float32)
+    np.save(tmp_path / "feats.npy", arr)
+    (tmp_path / "feats.txt").write_text("".join(f"caption {i}\n" for i in range(n)))
+    ds = ws.import_path(tmp_path / "feats.npy", "feats").dataset
+    return ds, arr
+
+
+def test_precomputed_vectors_come_from_the_cache(ws, tmp_path, monkeypatch):
+    ds, arr = vectors_dataset(ws, tmp_path)
+    name = ds.manifest["vector_model"]
+    assert name == "precomputed:feats"
+    status = cache_status(ws, ds, name)
+    cache_path = str(ws.home / "embeddings" / precomputed_fingerprint(name))
+    assert status == {"images": 6, "images_cached": 6, "captions": 6, "captions_cached": 6, "cache_path": cache_path}
+    # served by the embedding cache, not by re-reading the stored vectors
+    monkeypatch.setattr(type(ds), "vectors", lambda self: pytest.fail("read vectors.npz"))
+    monkeypatch.setattr(embed_mod, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    e = embed_dataset(ws, ds, name)
+    expected_img = arr[0] / np.linalg.norm(arr[0], axis=1, keepdims=True)
+    expected_txt = arr[1] / np.linalg.norm(arr[1], axis=1, keepdims=True)
+    assert e.model == name and e.fingerprint == precomputed_fingerprint(name) and e.cache_path == cache_path
+    assert e.ids == [str(i) for i in range(6)] and e.captions == [f"caption {i}" for i in range(6)]
+    assert e.image.dtype == np.float32
+    np.testing.assert_allclose(e.image, expected_img, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e.text, expected_txt, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(e.text_owner, np.arange(6))
+    np.testing.assert_array_equal(e.paired_text, e.text)
+    assert e.computed == {"images": 0, "captions": 0} and e.cached == {"images": 6, "captions": 6}
+
+
+def test_vectors_only_dataset_with_a_real_model_is_refused(ws, tmp_path, spec):
+    ds, _ = vectors_dataset(ws, tmp_path)
+    with pytest.raises(ValueError) as e:
+        embed(ws, ds, spec)
+    msg = str(e.value)
+    assert "feats has no images to embed" in msg and "'precomputed:feats'" in msg and "under that name" in msg
+
+
+def test_worker_processes_and_loaded_models_give_the_same_vectors(ws, demo, spec, tmp_path):
+    """The default path decodes images in DataLoader workers; a LoadedModel shares the spec's cache."""
+    demo.image_path(5).write_bytes(b"garbage")
+    e = embed_dataset(ws, demo, spec, batch_size=16, workers=1, device="cpu")
+    assert [s[0] for s in e.skipped] == ["test-000005"] and e.computed["images"] == N - 1
+    other = Workspace(tmp_path / "other")
+    m = load_model(spec, device="cpu")
+    e2 = embed_dataset(other, demo, m, batch_size=16, workers=0)
+    assert e2.model == spec and e2.fingerprint == e.fingerprint and e2.skipped == e.skipped
+    np.testing.assert_allclose(e.image, e2.image, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e.text, e2.text, atol=1e-6, rtol=0)
+    # the loaded model and its spec name the same cache entries
+    assert embed(other, demo, spec).computed == {"images": 0, "captions": 0}
