@@ -24,6 +24,18 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     return home
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small machine shared with other jobs, OpenMP threads spinning
+    for cores make these tiny models many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def workspace(tmp_path) -> Workspace:
     return Workspace(tmp_path / "ws")

@@ -17,14 +17,7 @@ TXT = torch.tensor([[0.8, 0.6], [1.0, 0.0], [0.0, -1.0]])
 SCALE = 2.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a small machine shared with other jobs, OpenMP threads spinning
-    for cores make these tiny models many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _log_softmax(row: list[float]) -> list[float]:

@@ -15,14 +15,7 @@ from mmviz.store import EmbeddingCache, Workspace, precomputed_fingerprint
 N = 40
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a small machine shared with other jobs, OpenMP threads spinning
-    for cores make these tiny models many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
