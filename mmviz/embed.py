@@ -270,3 +270,50 @@ def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
     return {"images": len(img_keys), "images_cached": sum(k not in miss_i for k in img_keys),
             "captions": n_caps, "captions_cached": sum(k not in miss_t for k in txt_keys),
             "cache_path": str(cache.path)}
+
+
+def image_tokens(loaded: LoadedModel, images) -> tuple[np.ndarray, np.ndarray]:
+    """Patch-token features of preprocessed images (B, 3, H, W): (tokens (B, P, W) float32,
+    mask (B, P) bool). Tokens are the vision transformer's last-layer outputs for each
+    patch (class token excluded), before pooling and projection; the regions for BAN."""
+    import torch
+
+    visual = loaded.model.visual
+    if not hasattr(visual, "output_tokens"):
+        raise ValueError(f"{loaded.name}: patch tokens need a vision transformer, not {type(visual).__name__}")
+    old = visual.output_tokens
+    visual.output_tokens = True
+    try:
+        with torch.inference_mode():
+            _, tokens = visual(images.to(loaded.device, dtype=loaded.dtype))
+    finally:
+        visual.output_tokens = old
+    tokens = tokens.float().cpu().numpy()
+    return tokens, np.ones(tokens.shape[:2], dtype=bool)
+
+
+def text_tokens(loaded: LoadedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-token text features: (tokens (B, L, W) float32, mask (B, L) bool, true from the
+    start token through the end-of-text token). The text transformer's last-layer outputs
+    after its final layer norm, before pooling and projection; the words for BAN."""
+    import torch
+
+    m = loaded.model
+    ids = loaded.tokenizer(texts).to(loaded.device)
+    with torch.inference_mode():
+        if hasattr(m, "token_embedding"):  # open_clip CLIP: the steps of CLIP.encode_text up to pooling
+            cast = m.transformer.get_cast_dtype()
+            x = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)
+            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+        elif hasattr(m, "text") and hasattr(m.text, "output_tokens"):
+            old = m.text.output_tokens
+            m.text.output_tokens = True
+            try:
+                _, x = m.text(ids)
+            finally:
+                m.text.output_tokens = old
+        else:
+            raise ValueError(f"{loaded.name}: no per-token text features for {type(m).__name__}")
+    eot = ids.argmax(dim=-1)  # CLIP's end-of-text token has the largest id in the vocabulary
+    mask = torch.arange(ids.shape[1], device=ids.device)[None, :] <= eot[:, None]
+    return x.float().cpu().numpy(), mask.cpu().numpy()

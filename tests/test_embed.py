@@ -262,3 +262,32 @@ def test_worker_processes_and_loaded_models_give_the_same_vectors(ws, demo, spec
     np.testing.assert_allclose(e.text, e2.text, atol=1e-6, rtol=0)
     # the loaded model and its spec name the same cache entries
     assert embed(other, demo, spec).computed == {"images": 0, "captions": 0}
+
+
+def test_token_features_pool_to_the_embeddings(spec):
+    """Per-token outputs are what encode_text/encode_image pool: the text token at the
+    end-of-text position, projected, is encode_text; patch tokens cover every 8x8 patch."""
+    import torch
+
+    from mmviz import synthetic
+    from mmviz.embed import image_tokens, text_tokens
+    from mmviz.models import load_model
+
+    lm = load_model(spec)
+    scenes = synthetic.make_world(0, 0, 3, seed=11)["test"]
+    caps = [s.captions[0] for s in scenes]
+    tok, mask = text_tokens(lm, caps)
+    assert tok.shape == (3, 32, 64) and mask.shape == (3, 32)
+    ids = lm.tokenizer(caps)
+    eot = ids.argmax(-1)
+    assert mask.sum(1).tolist() == (eot + 1).tolist()  # start token .. end-of-text token
+    with torch.no_grad():
+        ref = lm.model.encode_text(ids).numpy()
+    pooled = tok[np.arange(3), eot.numpy()] @ lm.model.text_projection.detach().numpy()
+    assert np.allclose(pooled, ref, atol=1e-5)
+
+    x = torch.stack([lm.preprocess(s.render()) for s in scenes])
+    ptok, pmask = image_tokens(lm, x)
+    assert ptok.shape == (3, 64, 128) and pmask.all()  # (64 / 8)^2 patches of width 128
+    assert not np.allclose(ptok[0], ptok[1])
+    assert lm.model.visual.output_tokens is False  # the model is left as it was
