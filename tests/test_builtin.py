@@ -101,12 +101,26 @@ def test_tiny_training_run_is_reproducible(tmp_path):
 
 
 def test_builtin_weights_retrieve_far_above_chance():
-    if not (BUILTIN_DIR / "model.safetensors").is_file():
-        pytest.skip(f"no builtin weights at {BUILTIN_DIR / 'model.safetensors'} (run `mmviz builtin train`)")
+    # The weights are part of the repository (reproduced by `mmviz builtin train`).
+    assert (BUILTIN_DIR / "model.safetensors").is_file()
     loaded = load_model(BUILTIN_SPEC, device="cpu")
     scenes = synthetic.make_world(0, 0, 200, seed=123)["test"]
     mean, std = loaded.model.visual.image_mean, loaded.model.visual.image_std
     im, tx, owner = builtin.encode_scenes(loaded.model, loaded.tokenizer, scenes, mean, std)
     r = recall_at_k(im, tx, owner, ks=(1, 10))
-    # chance R@10 is 10/200 = 0.05 for text->image and about as low for image->text
-    assert r["i2t"][10] > 0.3 and r["t2i"][10] > 0.3, r
+    # Chance R@1 is 1/200 (t2i) and about 4/800 (i2t); measured 0.80 / 0.65 at R@1, >= 0.99 at R@10.
+    assert r["i2t"][1] > 0.6 and r["t2i"][1] > 0.45, r
+    assert r["i2t"][10] > 0.9 and r["t2i"][10] > 0.9, r
+
+
+def test_builtin_through_the_embedding_engine(tmp_path):
+    """The path a user takes (PNG files -> import -> embed_dataset) retrieves as well."""
+    from mmviz.embed import embed_dataset
+    from mmviz.store import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    scenes = synthetic.make_world(0, 0, 100, seed=321)["test"]
+    ds = ws.import_path(synthetic.write_imagefolder(scenes, tmp_path / "set"), "set").dataset
+    emb = embed_dataset(ws, ds, BUILTIN_SPEC, workers=0)
+    r = recall_at_k(emb.image, emb.text, emb.text_owner, ks=(1, 5))
+    assert r["i2t"][1] > 0.6 and r["t2i"][5] > 0.9, r
