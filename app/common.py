@@ -24,6 +24,9 @@ def model_status(spec: str) -> tuple[bool, str]:
     return weights_status(spec)
 
 
+PENDING = "_pending_dataset"  # a page's request to switch dataset, applied on the next run
+
+
 def init_state() -> None:
     """Before any page runs: the demo set on first launch, a valid dataset and model."""
     ws = workspace()
@@ -37,14 +40,17 @@ def init_state() -> None:
         ws.home.mkdir(parents=True, exist_ok=True)
         marker.touch()
     names = ws.names()
+    if PENDING in st.session_state:
+        st.session_state["dataset"] = st.session_state.pop(PENDING)
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = names[0] if names else None
     st.session_state.setdefault("model_choice", BUILTIN_SPEC)
 
 
-def select_dataset(name: str | None) -> None:
-    """Switch dataset from a page (runs before the sidebar picker is drawn)."""
-    st.session_state["dataset"] = name
+def select_dataset_and_rerun(name: str | None) -> None:
+    """Switch dataset from a page: the picker is already drawn, so rerun with the new one."""
+    st.session_state[PENDING] = name
+    st.rerun()
 
 
 def _model_label(spec: str) -> str:
@@ -57,8 +63,6 @@ def _model_label(spec: str) -> str:
 def sidebar() -> None:
     ws = workspace()
     names = ws.names()
-    if st.session_state.get("dataset") not in names:
-        st.session_state["dataset"] = names[0] if names else None
     with st.sidebar:
         st.selectbox("Dataset", names, key="dataset", placeholder="none yet: import one on the Data page",
                      help=f"Datasets in the workspace {ws.home}")

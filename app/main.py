@@ -12,7 +12,5 @@ pages = {
     "Data": [st.Page("views/data.py", title="Data", icon=":material/dataset:", default=True)],
 }
 common.init_state()
+common.sidebar()  # before the page, so the pickers stay usable while a page works
 st.navigation(pages).run()
-# The sidebar is drawn after the page so a page may switch dataset (after an import) in the
-# same run, before the picker widget exists; st.sidebar places it on top all the same.
-common.sidebar()

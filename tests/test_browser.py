@@ -38,12 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
+def start_server(tmp_path, home: Path):
     port = free_port()
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / ".demo-offered").touch()  # start empty: the test uploads its own set
-    env = dict(os.environ, MMVIZ_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, MMVIZ_HOME=str(home), HF_HUB_OFFLINE="1")
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
@@ -62,13 +59,35 @@ def server(tmp_path):
             proc.kill()
             pytest.fail("streamlit did not become healthy:\n" + (tmp_path / "streamlit.log").read_text()[-3000:])
         time.sleep(0.3)
-    yield url
+    return url, proc, log
+
+
+def stop_server(proc, log) -> None:
     proc.terminate()
     try:
         proc.wait(10)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """The app on an empty workspace (the first-launch demo already offered)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".demo-offered").touch()
+    url, proc, log = start_server(tmp_path, home)
+    yield url
+    stop_server(proc, log)
+
+
+@pytest.fixture
+def fresh_server(tmp_path):
+    """The app as a newcomer first opens it: no workspace at all."""
+    url, proc, log = start_server(tmp_path, tmp_path / "new-home")
+    yield url
+    stop_server(proc, log)
 
 
 def shapes_zip(path: Path) -> Path:
@@ -130,7 +149,32 @@ def test_upload_zip_shows_thumbnails(server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "data_page_detail.png"))
             expect(page.get_by_role("listitem").filter(has_text="a red disc on white paper")).to_be_visible()
             # The sidebar picked the new dataset.
-            expect(page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"] input')).to_have_value("shapes")
+            expect(page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Dataset")).to_have_value("shapes")
             expect(page.get_by_text("From upload shapes.zip (zip/imagefolder)")).to_be_visible()
+        finally:
+            browser.close()
+
+
+def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(fresh_server)
+            expect(page.get_by_role("heading", name="Browse shapes-demo")).to_be_visible(timeout=90_000)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            expect(sidebar.get_by_role("combobox", name="Dataset")).to_have_value("shapes-demo")
+            expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("builtin:shapes")
+            expect(page.get_by_text("0 / 600 images")).to_be_visible()
+            page.get_by_role("button", name="Embed", exact=True).click()
+            expect(page.get_by_text("Embedded 600 images and")).to_be_visible(timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "first_launch_embedded.png"))
+            # a later run shows everything cached
+            page.reload()
+            expect(page.get_by_text("600 / 600 images")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Embedded")).to_be_disabled()
         finally:
             browser.close()

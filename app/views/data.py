@@ -48,11 +48,16 @@ def run_import(source: str, name: str, copy_images: bool, label: str | None = No
         return
     bar.empty()
     st.session_state["last_import"] = {"name": res.dataset.name, "status": res.status, "report": res.report.to_dict()}
-    common.select_dataset(res.dataset.name)
+    common.select_dataset_and_rerun(res.dataset.name)
 
 
-def import_section() -> None:
-    st.subheader("Import")
+def import_section(expanded: bool) -> None:
+    with st.expander("Import a dataset", expanded=expanded, icon=":material/upload:"):
+        import_form()
+    show_last_import()
+
+
+def import_form() -> None:
     local_paths = os.environ.get("MMVIZ_LOCAL_PATHS", "1") != "0"
     up_tab, path_tab = st.tabs(["Upload", "Local path"])
     with up_tab:
@@ -75,7 +80,7 @@ def import_section() -> None:
         if not local_paths:
             st.info("Importing from local paths is off: this app is served to other machines. "
                     "Use `mmviz import PATH` on the server, or upload a zip.")
-            return show_last_import()
+            return
         path = st.text_input("Folder or file on this machine", key="local_path",
                              placeholder="/data/coco/annotations/captions_val2017.json")
         lname = st.text_input("Dataset name", key="local_name", placeholder=name_from_path(path) if path else "",
@@ -84,7 +89,6 @@ def import_section() -> None:
                            help="Otherwise images are referenced where they are; moving them breaks the dataset.")
         if st.button("Import path", disabled=not path.strip()):
             run_import(path.strip(), lname, copy)
-    show_last_import()
 
 
 def show_last_import() -> None:
@@ -189,11 +193,17 @@ def embed_section(ds: Dataset) -> None:
                 bar.empty()
                 st.error(str(e))
                 return
-            bar.empty()
-            st.success(f"Embedded {emb.computed['images']:,} images and {emb.computed['captions']:,} captions in "
-                       f"{emb.seconds:.1f} s ({emb.cached['images']:,} and {emb.cached['captions']:,} were cached); "
-                       f"{emb.dim}-d vectors.", icon=":material/check_circle:")
-            for id_, why in emb.skipped[:10]:
+            msg = (f"Embedded {emb.computed['images']:,} images and {emb.computed['captions']:,} distinct captions "
+                   f"in {emb.seconds:.1f} s; {emb.dim}-d vectors.")
+            if emb.cached["images"] or emb.cached["captions"]:
+                msg += f" {emb.cached['images']:,} images and {emb.cached['captions']:,} captions came from the cache."
+            st.session_state["last_embed"] = {"dataset": ds.name, "model": spec, "message": msg,
+                                              "skipped": emb.skipped[:10]}
+            st.rerun()  # redraw the counts above from the cache
+        last = st.session_state.get("last_embed")
+        if last and last["dataset"] == ds.name and last["model"] == spec:
+            st.success(last["message"], icon=":material/check_circle:")
+            for id_, why in last["skipped"]:
                 st.warning(f"Skipped {id_}: {why}")
 
 
@@ -224,10 +234,10 @@ def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
 
 
 def delete_dataset(name: str) -> None:
-    # A button callback runs before the page is drawn, so the page never shows a deleted set.
+    # A button callback runs before the script, so no part of the page shows a deleted set.
     common.workspace().delete(name)
     st.session_state.pop("last_import", None)
-    common.select_dataset(None)
+    st.session_state["dataset"] = None
     common.init_state()
 
 
@@ -238,8 +248,8 @@ def manage_section(ds: Dataset) -> None:
 
 
 st.title("Data")
-import_section()
 ds = common.current_dataset()
+import_section(expanded=ds is None or "last_import" in st.session_state)
 if ds is None:
     st.info("No dataset yet. Upload a zip or type a local path above.")
 else:
