@@ -1,4 +1,5 @@
 """The real app in headless Chromium: upload a zip through the file uploader, see thumbnails."""
+import contextlib
 import io
 import json
 import os
@@ -110,71 +111,73 @@ def colour_pixels(png: bytes, rgb, tol=40) -> int:
     return int((np.abs(a - np.array(rgb)).max(axis=2) < tol).sum())
 
 
-def test_upload_zip_shows_thumbnails(server, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def open_page(url: str, height: int):
+    """A headless Chromium page on the app at `url`; screenshots go to test-artifacts/."""
+    from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    upload = shapes_zip(tmp_path / "shapes.zip")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.goto(server)
-            expect(page.get_by_role("heading", name="Data")).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("No dataset yet.")).to_be_visible()
-
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(upload))
-            expect(page.get_by_text("shapes.zip")).to_be_visible(timeout=30_000)
-            page.get_by_role("button", name="Import upload").click()
-            expect(page.get_by_text("3 pairs kept, 0 rows skipped")).to_be_visible(timeout=60_000)
-
-            grid = page.locator('[data-testid="stDataFrame"]').first
-            expect(grid).to_be_visible(timeout=30_000)
-            # The grid draws on a canvas: look for each disc's colour in its pixels.
-            counts = {}
-            for _ in range(40):
-                shot = grid.screenshot()
-                counts = {n: colour_pixels(shot, rgb) for n, rgb in SHAPES.items()}
-                if min(counts.values()) > 50:
-                    break
-                time.sleep(0.5)
-            page.screenshot(path=str(ARTIFACTS / "data_page.png"), full_page=True)
-            assert min(counts.values()) > 50, f"thumbnail colours not drawn in the table: {counts}"
-
-            # The opened pair's full image is a real <img> that loaded.
-            img = page.locator('[data-testid="stImage"] img').first
-            expect(img).to_be_visible(timeout=30_000)
-            assert img.evaluate("el => el.naturalWidth") == 96
-            img.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "data_page_detail.png"))
-            expect(page.get_by_role("listitem").filter(has_text="a red disc on white paper")).to_be_visible()
-            # The sidebar picked the new dataset.
-            expect(page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Dataset")).to_have_value("shapes")
-            expect(page.get_by_text("From upload shapes.zip (zip/imagefolder)")).to_be_visible()
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def test_upload_zip_shows_thumbnails(server, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = shapes_zip(tmp_path / "shapes.zip")
+    with open_page(server, 1300) as page:
+        expect(page.get_by_role("heading", name="Data")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("No dataset yet.")).to_be_visible()
+
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(upload))
+        expect(page.get_by_text("shapes.zip")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Import upload").click()
+        expect(page.get_by_text("3 pairs kept, 0 rows skipped")).to_be_visible(timeout=60_000)
+
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        expect(grid).to_be_visible(timeout=30_000)
+        # The grid draws on a canvas: look for each disc's colour in its pixels.
+        counts = {}
+        for _ in range(40):
+            shot = grid.screenshot()
+            counts = {n: colour_pixels(shot, rgb) for n, rgb in SHAPES.items()}
+            if min(counts.values()) > 50:
+                break
+            time.sleep(0.5)
+        page.screenshot(path=str(ARTIFACTS / "data_page.png"), full_page=True)
+        assert min(counts.values()) > 50, f"thumbnail colours not drawn in the table: {counts}"
+
+        # The opened pair's full image is a real <img> that loaded.
+        img = page.locator('[data-testid="stImage"] img').first
+        expect(img).to_be_visible(timeout=30_000)
+        assert img.evaluate("el => el.naturalWidth") == 96
+        img.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "data_page_detail.png"))
+        expect(page.get_by_role("listitem").filter(has_text="a red disc on white paper")).to_be_visible()
+        # The sidebar picked the new dataset.
+        expect(page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Dataset")).to_have_value("shapes")
+        expect(page.get_by_text("From upload shapes.zip (zip/imagefolder)")).to_be_visible()
 
 
 def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(fresh_server)
-            expect(page.get_by_role("heading", name="Browse shapes-demo")).to_be_visible(timeout=90_000)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            expect(sidebar.get_by_role("combobox", name="Dataset")).to_have_value("shapes-demo")
-            expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("builtin:shapes")
-            expect(page.get_by_text("0 / 600 images")).to_be_visible()
-            page.get_by_role("button", name="Embed", exact=True).click()
-            expect(page.get_by_text("Embedded 600 images and")).to_be_visible(timeout=120_000)
-            page.screenshot(path=str(ARTIFACTS / "first_launch_embedded.png"))
-            # a later run shows everything cached
-            page.reload()
-            expect(page.get_by_text("600 / 600 images")).to_be_visible(timeout=60_000)
-            expect(page.get_by_role("button", name="Embedded")).to_be_disabled()
-        finally:
-            browser.close()
+    with open_page(fresh_server, 1100) as page:
+        expect(page.get_by_role("heading", name="Browse shapes-demo")).to_be_visible(timeout=90_000)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        expect(sidebar.get_by_role("combobox", name="Dataset")).to_have_value("shapes-demo")
+        expect(sidebar.get_by_role("combobox", name="Model")).to_have_value("builtin:shapes")
+        expect(page.get_by_text("0 / 600 images")).to_be_visible()
+        page.get_by_role("button", name="Embed", exact=True).click()
+        expect(page.get_by_text("Embedded 600 images and")).to_be_visible(timeout=120_000)
+        page.screenshot(path=str(ARTIFACTS / "first_launch_embedded.png"))
+        # a later run shows everything cached
+        page.reload()
+        expect(page.get_by_text("600 / 600 images")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("button", name="Embedded")).to_be_disabled()
