@@ -118,7 +118,9 @@ def test_vectors_dataset_shows_paired_cosine(home, tmp_path):
     a, t = img[0] / np.linalg.norm(img[0]), txt[0] / np.linalg.norm(txt[0])
     assert metrics["cos(image, text)"] == f"{a @ t:.3f}"
     assert "thumbnail" not in at.dataframe[0].value.columns
-    assert [i.value for i in at.info] == ["No image: this set holds precomputed vectors only."]
+    infos = [i.value for i in at.info]
+    assert infos[-1] == "No image: this set holds precomputed vectors only."
+    assert infos[0].startswith("This set came with its vectors: precomputed:vecs, 8-d")
 
 
 def test_delete_needs_confirmation(home, folder):

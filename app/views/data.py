@@ -163,6 +163,11 @@ def browse_section(ds: Dataset) -> None:
 
 
 def embed_section(ds: Dataset) -> None:
+    vm = ds.manifest.get("vector_model")
+    if vm and not ds.manifest.get("images"):
+        st.info(f"This set came with its vectors: {vm}, {ds.manifest['dim']}-d, stored in the embedding cache "
+                f"under that name. It has no images, so other models cannot embed it.", icon=":material/data_array:")
+        return
     spec = common.current_model()
     if not spec:
         st.info("Type a model spec in the sidebar to embed this set.")
