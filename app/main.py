@@ -10,6 +10,7 @@ import common
 st.set_page_config(page_title="mmviz", page_icon=":material/scatter_plot:", layout="wide")
 pages = {
     "Data": [st.Page("views/data.py", title="Data", icon=":material/dataset:", default=True)],
+    "Geometry": [st.Page("views/gap.py", title="Gap explorer", icon=":material/scatter_plot:")],
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works

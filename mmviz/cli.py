@@ -190,6 +190,35 @@ def cmd_embed(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def cmd_gap(ws: Workspace, args) -> int:
+    from . import geometry
+    from .embed import embed_dataset, stored_embeddings
+    from .models import ModelSpecError, ModelUnavailable
+
+    try:
+        ds = ws.open(args.name)
+        emb = stored_embeddings(ws, ds, args.model)
+        if emb is None:  # embed what is missing first, with a progress bar
+            bar = _Bar("embedding", args.quiet or args.json)
+            emb = embed_dataset(ws, ds, args.model, progress=lambda done, total, stage: bar(done, total))
+            bar.close()
+    except KeyError as e:
+        return _err(e.args[0])
+    except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        return _err(str(e))
+    metrics = geometry.all_metrics(emb.image, emb.paired_text, seed=args.seed)
+    if args.json:
+        print(json.dumps({"dataset": ds.name, "model": emb.model, "pairs": len(emb.ids), "dim": emb.dim,
+                          "metrics": metrics}, indent=2))
+        return EXIT_OK
+    print(f"{ds.name} under {emb.model}: {len(emb.ids)} pairs, {emb.dim}-d")
+    width = max(len(geometry.METRICS[k][0]) for k in metrics)
+    for key, value in metrics.items():
+        label, meaning = geometry.METRICS[key]
+        print(f"  {label:<{width}}  {value:10.4f}  {meaning}")
+    return EXIT_OK
+
+
 def cmd_models(ws: Workspace, args) -> int:
     from .models import KNOWN_SPECS, weights_status
 
@@ -270,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cuda, mps or cpu (default: the best available, or $MMVIZ_DEVICE)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("gap", help="print modality-gap geometry metrics of a dataset under a model",
+                       description="Gap length, paired/unpaired cosine, linear separability, C3 decomposition, "
+                                   "uniformity, alignment, relative alignment, effective dimension and Vendi "
+                                   "score. Embeds first what the cache does not hold yet.")
+    s.add_argument("name", help="dataset name")
+    s.add_argument("--model", default="builtin:shapes", help="model spec (default builtin:shapes; a set of "
+                                                            "imported vectors uses its own)")
+    s.add_argument("--seed", type=int, default=0, help="seed for subsampled metrics (default 0)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_gap)
 
     s = sub.add_parser("models", help="list known models and whether their weights are here")
     s.set_defaults(func=cmd_models)

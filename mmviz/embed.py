@@ -371,3 +371,16 @@ def text_tokens(loaded: LoadedModel, texts: list[str]) -> tuple[np.ndarray, np.n
     eot = ids.argmax(dim=-1)  # CLIP's end-of-text token has the largest id in the vocabulary
     mask = torch.arange(ids.shape[1], device=ids.device)[None, :] <= eot[:, None]
     return x.float().cpu().numpy(), mask.cpu().numpy()
+
+
+def stored_embeddings(ws: Workspace, ds: Dataset, model: str) -> Embeddings | None:
+    """The dataset's vectors under `model` if the cache already holds all of them (no model is
+    built, nothing is computed), else None. A set that came with vectors and has no images
+    answers with its own vectors whatever `model` is asked for."""
+    vm = ds.manifest.get("vector_model")
+    if vm and (model == vm or not ds.manifest.get("images")):
+        return _precomputed(ws, ds)
+    status = cache_status(ws, ds, model)
+    if status["images_cached"] < status["images"] or status["captions_cached"] < status["captions"]:
+        return None
+    return embed_dataset(ws, ds, model)

@@ -181,3 +181,13 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.reload()
         expect(page.get_by_text("600 / 600 images")).to_be_visible(timeout=60_000)
         expect(page.get_by_role("button", name="Embedded")).to_be_disabled()
+
+        # the Gap explorer on the demo set: the projection, the gap arrow, the metrics
+        page.get_by_role("link", name="Gap explorer").click()
+        expect(page.get_by_role("heading", name="Gap explorer")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("shapes-demo under builtin:shapes")).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("image centre").first).to_be_attached(timeout=30_000)
+        expect(page.get_by_text("Gap length").first).to_be_attached(timeout=60_000)
+        page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
+        page.screenshot(path=str(ARTIFACTS / "gap_explorer.png"))

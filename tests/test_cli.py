@@ -209,7 +209,7 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
-                                 "builtin train"])
+                                 "builtin train", "gap"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main((sub.split() if sub else []) + ["--help"])
@@ -220,7 +220,7 @@ def test_help_exits_0(sub, capsys):
 
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "import", "list", "models", "show"]
+    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "show"]
 
 
 def _console_script() -> str:
@@ -253,3 +253,27 @@ def test_console_script_round_trip(tmp_path):
     assert r.returncode == 1 and "mmviz: error: no dataset named 'sub'" in r.stderr
     r = sh("nonsense")
     assert r.returncode == 2
+
+
+def test_gap_prints_metrics_for_imported_vectors(tmp_path, capsys):
+    """`mmviz gap` on a set of imported vectors: the metrics of mmviz.geometry, as text and JSON."""
+    import numpy as np
+
+    from mmviz import geometry
+
+    rng = np.random.default_rng(1)
+    img, txt = rng.normal(size=(40, 8)) + 1.0, rng.normal(size=(40, 8)) - 1.0
+    np.save(tmp_path / "v.npy", np.stack([img, txt]))
+    home = str(tmp_path / "home")
+    assert main(["--home", home, "import", str(tmp_path / "v.npy"), "--name", "v", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["--home", home, "gap", "v", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pairs"] == 40 and out["model"] == "precomputed:v"
+    assert out["metrics"]["gap_length"] == pytest.approx(geometry.gap_length(img, txt), abs=1e-6)
+    assert set(out["metrics"]) == set(geometry.METRICS)
+    assert main(["--home", home, "gap", "v"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("v under precomputed:v: 40 pairs, 8-d")
+    assert "Gap length" in text and "How far apart" in text
+    assert main(["--home", home, "gap", "nope"]) == 1
