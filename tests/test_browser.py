@@ -191,3 +191,12 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.get_by_text("Gap length").first).to_be_attached(timeout=60_000)
         page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
         page.screenshot(path=str(ARTIFACTS / "gap_explorer.png"))
+        # the sphere view: DOSNES fits 2,000 of the 3,000 points and places the rest
+        page.get_by_text("DOSNES sphere").click()
+        expect(page.get_by_text("Fits on at most 2,000 points")).to_be_visible(timeout=30_000)
+        # a fresh workspace: the layout is optimised (with progress shown), then drawn
+        expect(page.get_by_text("Optimising the layout: step")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Optimising the layout")).to_have_count(0, timeout=180_000)
+        expect(page.locator(".js-plotly-plot #scene").first).to_be_attached(timeout=60_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(ARTIFACTS / "gap_explorer_sphere.png"))
