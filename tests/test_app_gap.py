@@ -77,3 +77,21 @@ def test_vectors_only_set_uses_its_own_vectors(home, tmp_path):
     values = metric_values(at)
     assert values[geometry.METRICS["gap_length"][0]] == pytest.approx(geometry.gap_length(img, txt), abs=1e-6)
     assert "precomputed:vecs" in " ".join(c.value for c in at.caption)
+
+
+def test_selected_pairs_show_their_images_and_captions(home):
+    ws = Workspace(home)
+    ds = make_demo(ws, n=30)
+    emb = embed_dataset(ws, ds, "builtin:shapes")
+    at = gap_page()
+    key = f"gap_picked-{ds.name}-{emb.fingerprint[:10]}"  # the page keeps a selection per dataset and model
+    at.session_state[key] = [0, 2]  # what a lasso over two images leaves behind
+    at.run()
+    assert not at.exception, at.exception
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**2 selected**" in text
+    for row in (0, 2):
+        assert f"`{emb.ids[row]}`" in text
+        for cap in [c for c, o in zip(emb.captions, emb.text_owner) if o == row]:
+            assert f"– {cap}" in text
+    assert len(at.image) == 2  # their thumbnails

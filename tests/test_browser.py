@@ -1,5 +1,6 @@
 """The real app in headless Chromium: upload a zip through the file uploader, see thumbnails."""
 import contextlib
+import re
 import io
 import json
 import os
@@ -191,6 +192,17 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.get_by_text("Gap length").first).to_be_attached(timeout=60_000)
         page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
         page.screenshot(path=str(ARTIFACTS / "gap_explorer.png"))
+        # lasso a patch of the plot: the selected pairs appear beside it
+        box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
+        page.mouse.move(cx - 60, cy - 60)
+        page.mouse.down()
+        for dx, dy in ((60, -60), (60, 60), (-60, 60), (-60, -60)):
+            page.mouse.move(cx + dx, cy + dy, steps=8)
+        page.mouse.up()
+        expect(page.get_by_text(re.compile(r"^\d+ selected$"))).to_be_visible(timeout=30_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "gap_explorer_selection.png"))
         # the sphere view: DOSNES fits 2,000 of the 3,000 points and places the rest
         page.get_by_text("DOSNES sphere").click()
         expect(page.get_by_text("Fits on at most 2,000 points")).to_be_visible(timeout=30_000)

@@ -134,7 +134,7 @@ def figure(emb, layout, method: str, lines: bool, picked: list[int]) -> go.Figur
                                    text=["text centre", "image centre"], name="gap",
                                    line=dict(color="black", width=6),
                                    marker=dict(size=7, color=[TEXT_COLOUR, IMAGE_COLOUR])))
-    fig.update_layout(height=640, margin=dict(l=0, r=0, t=30, b=0), legend=dict(orientation="h", y=1.05),
+    fig.update_layout(height=640, margin=dict(l=0, r=0, t=30, b=0), legend=dict(orientation="h", y=-0.05, yanchor="top"),
                       dragmode="lasso" if dims == 2 else "orbit")
     if dims == 2:
         fig.update_yaxes(scaleanchor="x", scaleratio=1)
@@ -156,9 +156,11 @@ def picked_rows(event, text_owner: np.ndarray, lines: bool) -> list[int]:
     return sorted(rows)
 
 
-def selection_panel(ds, emb, picked: list[int]) -> None:
+def selection_panel(ds, emb, picked: list[int], pick_key: str) -> None:
     st.markdown(f"**{len(picked)} selected**" if picked else "**Select points** (lasso or box on 2-D views) "
                 "to see their images and captions here.")
+    if picked:
+        st.button("Clear selection", key="gap_clear", on_click=lambda: st.session_state.pop(pick_key, None))
     thumbs = ds.thumbnails()
     for r in picked[:12]:
         id_ = emb.ids[r]
@@ -239,10 +241,17 @@ with plot:
     fig = figure(emb, layout, method, lines, picked)
     if layout.image_xy.shape[1] == 2:
         event = st.plotly_chart(fig, key="gap_chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
-        new = picked_rows(event, emb.text_owner, lines)
-        if new != picked:
-            st.session_state[pick_key] = new
-            st.rerun()
+        # Act only when the chart's selection changed: other reruns (a toggle, a new view)
+        # must not wipe what was picked, nor the highlights drawn from it.
+        # Redrawing with highlights resets the chart's own selection, so an empty event never
+        # clears the pick (the Clear button does).
+        sig = repr(event.selection.points) if event is not None else "[]"
+        if sig != st.session_state.get(f"{pick_key}-event", "[]"):
+            st.session_state[f"{pick_key}-event"] = sig
+            new = picked_rows(event, emb.text_owner, lines)
+            if new and new != picked:
+                st.session_state[pick_key] = new
+                st.rerun()
     else:
         st.plotly_chart(fig, key="gap_chart")
         chosen = st.multiselect("Highlight pairs", emb.ids, default=[emb.ids[r] for r in picked if r < len(emb.ids)],
@@ -257,7 +266,7 @@ with plot:
                 if method == "gap2" else ""))
     download("Figure (HTML)", fig.to_html(include_plotlyjs="cdn"), f"{key}-{method}.html", "text/html", "dl_fig")
 with side:
-    selection_panel(ds, emb, st.session_state.get(pick_key, []))
+    selection_panel(ds, emb, st.session_state.get(pick_key, []), pick_key)
 
 st.subheader("Metrics")
 metrics_panel(key, emb, seed)
