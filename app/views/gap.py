@@ -67,10 +67,15 @@ def need_embeddings(ds, spec: str):
 
 def layout_for(ds, emb, method: str, seed: int):
     ws = common.workspace()
-    bar = st.progress(0.0, text="Projecting…")
+    first = ("Fitting UMAP… (the first fit after launch also compiles numba code: about 15 s more)"
+             if method.startswith("umap") else "Projecting…")
+    bar = st.progress(0.0, text=first)
 
     def progress(step: int, total: int) -> None:
-        bar.progress(step / max(total, 1), text=f"Optimising the layout: step {step:,} / {total:,}")
+        if method == "dosnes":  # only DOSNES reports its steps; the others say start and end
+            bar.progress(step / max(total, 1), text=f"Optimising the layout: step {step:,} / {total:,}")
+        elif step == total:
+            bar.progress(1.0, text="Placing the remaining points…")
 
     try:
         layout, hit = projection.cached_layout(
