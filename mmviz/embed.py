@@ -177,6 +177,25 @@ def encode_texts(loaded: LoadedModel, texts: list[str], batch_size: int = 256,
     return None if on_batch else out
 
 
+class _Pending:
+    """Vectors computed but not yet cached: written as one shard every FLUSH_EVERY items, so
+    an interrupted job loses at most that many."""
+
+    def __init__(self, cache: EmbeddingCache, modality: str):
+        self.cache, self.modality, self.keys, self.vecs = cache, modality, [], []
+
+    def add(self, keys: list[str], vecs: np.ndarray) -> None:
+        self.keys.extend(keys)
+        self.vecs.append(vecs)
+        if len(self.keys) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            self.cache.put(self.modality, self.keys, np.concatenate(self.vecs))
+            self.keys, self.vecs = [], []
+
+
 def _precomputed(ws: Workspace, ds: Dataset) -> Embeddings:
     t = ds.table()
     name, digest = ds.manifest["vector_model"], ds.manifest["content_hash"]
@@ -236,23 +255,13 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         first_row.setdefault(k, row)
     paths = [str(ds.image_path(first_row[k])) for k in todo]
     failed: dict[str, str] = {}
-    pending_k, pending_v, done = [], [], 0
-
-    def flush(modality: str) -> None:
-        if pending_k:
-            cache.put(modality, list(pending_k), np.concatenate(pending_v))
-            pending_k.clear()
-            pending_v.clear()
+    pending, done = _Pending(cache, "image"), 0
 
     def on_image_batch(idx, vecs, bad):
         nonlocal done
-        pending_k.extend(todo[i] for i in idx)
-        pending_v.append(vecs)
-        for i, err in bad:
-            failed[todo[i]] = err
+        pending.add([todo[i] for i in idx], vecs)
+        failed.update((todo[i], err) for i, err in bad)
         done += len(idx) + len(bad)
-        if sum(len(v) for v in pending_v) >= FLUSH_EVERY:
-            flush("image")
         if progress:
             progress(done, len(todo), "images")
 
@@ -260,7 +269,7 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         if progress:
             progress(0, len(todo), "images")
         encode_images(loaded(), paths, batch_size, workers, on_image_batch)
-        flush("image")
+        pending.flush()
 
     # captions
     ttodo = cache.missing("text", txt_keys)
@@ -268,15 +277,12 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
     for j, k in enumerate(txt_keys):
         tfirst.setdefault(k, j)
     texts = [captions[tfirst[k]] for k in ttodo]
-    tdone = 0
+    tpending, tdone = _Pending(cache, "text"), 0
 
     def on_text_batch(idx, vecs):
         nonlocal tdone
-        pending_k.extend(ttodo[i] for i in idx)
-        pending_v.append(vecs)
+        tpending.add([ttodo[i] for i in idx], vecs)
         tdone += len(idx)
-        if sum(len(v) for v in pending_v) >= FLUSH_EVERY:
-            flush("text")
         if progress:
             progress(tdone, len(ttodo), "captions")
 
@@ -284,7 +290,7 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         if progress:
             progress(0, len(ttodo), "captions")
         encode_texts(loaded(), texts, max(batch_size, 128), on_text_batch)
-        flush("text")
+        tpending.flush()
 
     todo_set, ttodo_set = set(todo), set(ttodo)
     # assemble from the cache, in dataset order
