@@ -136,6 +136,16 @@ class ImportResult:
     status: str  # "created", "updated" or "unchanged"
 
 
+def search_pairs(table, query: str):
+    """Rows of a pairs table (id, captions, ...) with a caption containing `query`
+    (case-insensitive substring) or an id containing it; all rows for an empty query."""
+    q = (query or "").strip().lower()
+    if not q:
+        return table
+    hit = table["captions"].map(lambda caps: any(q in c.lower() for c in caps))
+    return table[hit | table["id"].str.lower().str.contains(q, regex=False)]
+
+
 class Dataset:
     """One stored dataset version, read-only. Load tables lazily; cheap to construct."""
 
@@ -194,12 +204,7 @@ class Dataset:
 
     def search(self, query: str):
         """Rows with a caption containing `query` (case-insensitive substring) or a matching id."""
-        t = self.table()
-        q = (query or "").strip().lower()
-        if not q:
-            return t
-        hit = t["captions"].map(lambda caps: any(q in c.lower() for c in caps)) | t["id"].str.lower().str.contains(q, regex=False)
-        return t[hit]
+        return search_pairs(self.table(), query)
 
 
 class Workspace:

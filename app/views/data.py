@@ -2,7 +2,6 @@
 import base64
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import common
 from mmviz.data import DataFormatError
 from mmviz.embed import cache_status, embed_dataset
 from mmviz.models import ModelSpecError, ModelUnavailable
-from mmviz.store import Dataset, name_from_path
+from mmviz.store import Dataset, name_from_path, search_pairs
 
 PAGE_SIZE = 100
 UPLOAD_TYPES = ["zip", "json", "csv", "tsv", "jsonl", "parquet", "npy", "npz"]
@@ -126,11 +125,7 @@ def browse_section(ds: Dataset) -> None:
     embed_section(ds)
     table = browse_table(str(ds.path), ds.name)
     query = st.text_input("Search captions", key="search", placeholder="substring, e.g. dog")
-    hits = table
-    if query.strip():
-        q = query.strip().lower()
-        hits = table[table["captions"].map(lambda caps: any(q in c.lower() for c in caps))
-                     | table["id"].str.lower().str.contains(q, regex=False)]
+    hits = search_pairs(table, query)
     pages = max(1, -(-len(hits) // PAGE_SIZE))
     left, right = st.columns([3, 1])
     left.write(f"{len(hits):,} of {len(table):,} pairs match." if query.strip() else f"{len(table):,} pairs.")

@@ -43,10 +43,26 @@ def download(label: str, data: bytes | str, name: str, mime: str, key: str) -> N
     st.download_button(label, data, file_name=name, mime=mime, key=key, icon=":material/download:")
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _complete_embeddings(version_path: str, name: str, spec: str):
+    """A dataset version's full set of vectors under a model never changes, so reruns (a
+    selection, a toggle) reuse it instead of re-reading the cache; incomplete sets are not
+    kept, so they are looked up again after an embed."""
+    from mmviz.store import Dataset
+
+    emb = stored_embeddings(common.workspace(), Dataset(name, version_path), spec)
+    if emb is None:
+        raise LookupError  # not cached by st.cache_resource
+    return emb
+
+
 def need_embeddings(ds, spec: str):
     ws = common.workspace()
     try:
-        emb = stored_embeddings(ws, ds, spec)
+        try:
+            emb = _complete_embeddings(str(ds.path), ds.name, spec)
+        except LookupError:
+            emb = None
     except (ModelSpecError, ModelUnavailable, ValueError) as e:
         st.warning(f"Cannot use {spec}: {e}", icon=":material/cloud_off:")
         return None
