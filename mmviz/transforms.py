@@ -1,0 +1,220 @@
+"""Fixes for the modality gap, as fit/transform estimators, and geodesic mixup on the sphere.
+
+- Collapse, Corrupt: C3 (Zhang et al., "Connect, Collapse, Corrupt: Learning Cross-Modal
+  Tasks with Uni-Modal Data", ICLR 2024). Collapse removes each modality's mean; Corrupt adds
+  isotropic Gaussian noise.
+- Shift: the embedding shift of Liang et al. ("Mind the Gap", NeurIPS 2022), images and texts
+  moved towards each other along the gap direction.
+- slerp: geodesic multimodal mixup (m2-mix; Oh et al., "Geodesic Multi-Modal Mixup for
+  Robust Fine-Tuning", NeurIPS 2023); linear_mix for comparison; beta_ratios for lam.
+
+Each estimator is fitted on a reference set, `fit(images, texts)`, and applied to any points,
+`transform(images, texts) -> (images, texts)`. Images and texts need not be the same number
+(several captions per image). Rows are taken as given; mmviz stores unit vectors.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-12
+C3_SIGMA = float(np.sqrt(0.016))  # C3's noise level: variance 0.016 per coordinate
+
+
+def _matrix(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.dtype.kind not in "fiu":
+        raise ValueError(f"{name}: expected a 2-D numeric array (n, d), got shape {x.shape}, dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return x
+
+
+def _out_dtype(x: np.ndarray):
+    return x.dtype if x.dtype.kind == "f" else np.float64
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero (no NaN)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
+
+
+class _Transform:
+    """fit on a reference set, transform any points; subclasses set `_fit` and `_apply`."""
+
+    renormalise = True
+
+    def fit(self, images, texts):
+        images, texts = _matrix(images, "images"), _matrix(texts, "texts")
+        if images.shape[1] != texts.shape[1]:
+            raise ValueError(f"images are {images.shape[1]}-d but texts are {texts.shape[1]}-d")
+        self._fit(images.astype(np.float64), texts.astype(np.float64))
+        self.dim_ = images.shape[1]
+        return self
+
+    def transform(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "dim_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(images, texts) first")
+        images, texts = _matrix(images, "images"), _matrix(texts, "texts")
+        for name, x in (("images", images), ("texts", texts)):
+            if x.shape[1] != self.dim_:
+                raise ValueError(f"{name} are {x.shape[1]}-d but the transform was fitted on {self.dim_}-d vectors")
+        new_i, new_t = self._apply(images.astype(np.float64), texts.astype(np.float64))
+        if self.renormalise:
+            new_i, new_t = normalise(new_i), normalise(new_t)
+        return new_i.astype(_out_dtype(images)), new_t.astype(_out_dtype(texts))
+
+    def fit_transform(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
+        return self.fit(images, texts).transform(images, texts)
+
+    def _fit(self, images: np.ndarray, texts: np.ndarray) -> None:
+        pass
+
+
+class Collapse(_Transform):
+    """C3's collapse: subtract each modality's mean (fitted on the reference set), then
+    re-normalise. Removes the constant part of the gap; without re-normalising, a second
+    collapse fitted on the output is exactly the identity."""
+
+    def __init__(self, renormalise: bool = True):
+        self.renormalise = renormalise
+
+    def _fit(self, images, texts):
+        self.image_mean_, self.text_mean_ = images.mean(0), texts.mean(0)
+
+    def _apply(self, images, texts):
+        return images - self.image_mean_, texts - self.text_mean_
+
+
+class Corrupt(_Transform):
+    """C3's corrupt: add isotropic Gaussian noise N(0, sigma^2 I), then re-normalise. The
+    noise is drawn afresh from `seed` on every call, images first, so a call is reproducible.
+    sigma = 0 is the identity (nothing is added and nothing re-normalised). `modalities`
+    says which side gets noise (C3 trains with noisy text embeddings)."""
+
+    def __init__(self, sigma: float = C3_SIGMA, seed: int = 0, modalities: tuple[str, ...] = ("image", "text"),
+                 renormalise: bool = True):
+        if not sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        unknown = set(modalities) - {"image", "text"}
+        if unknown:
+            raise ValueError(f"modalities must be 'image' and/or 'text', got {sorted(unknown)}")
+        self.sigma, self.seed, self.modalities, self.renormalise = float(sigma), seed, tuple(modalities), renormalise
+
+    def transform(self, images, texts):
+        if self.sigma == 0:
+            _matrix(images, "images"), _matrix(texts, "texts")
+            return np.array(images, copy=True), np.array(texts, copy=True)
+        return super().transform(images, texts)
+
+    def _apply(self, images, texts):
+        rng = np.random.default_rng(self.seed)
+        noise_i = rng.normal(0.0, self.sigma, images.shape)
+        noise_t = rng.normal(0.0, self.sigma, texts.shape)
+        return (images + noise_i if "image" in self.modalities else images,
+                texts + noise_t if "text" in self.modalities else texts)
+
+
+class Shift(_Transform):
+    """Liang et al.'s embedding shift: images move by -lam/2 and texts by +lam/2 along the
+    unit gap direction (image mean minus text mean, fitted), then re-normalise. lam equal to
+    the gap's length (`gap_length_`) makes the centres meet before re-normalising; lam > 0
+    closes the gap, lam < 0 widens it."""
+
+    def __init__(self, lam: float, renormalise: bool = True):
+        self.lam, self.renormalise = float(lam), renormalise
+
+    def _fit(self, images, texts):
+        gap = images.mean(0) - texts.mean(0)
+        self.gap_length_ = float(np.linalg.norm(gap))
+        self.direction_ = gap / max(self.gap_length_, EPS)
+
+    def _apply(self, images, texts):
+        step = self.lam / 2 * self.direction_
+        return images - step, texts + step
+
+
+# ----------------------------------------------------------------------------------------
+# mixup on the sphere
+
+
+def _pair_rows(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"a and b must have the same dimension, got {a.shape} and {b.shape}")
+    return normalise(a), normalise(b)
+
+
+def _orthogonal(a: np.ndarray) -> np.ndarray:
+    """A unit vector orthogonal to each unit row of a: the coordinate axis least aligned with
+    the row, minus its projection on it (a fixed choice, so results are reproducible)."""
+    axis = np.zeros_like(a)
+    np.put_along_axis(axis, np.abs(a).argmin(-1)[..., None], 1.0, axis=-1)
+    return normalise(axis - (axis * a).sum(-1, keepdims=True) * a)
+
+
+def slerp(a, b, lam):
+    """Geodesic mixup: the point a fraction of the way along the great circle from b to a,
+
+        slerp(a, b, lam) = sin(lam theta) / sin(theta) a + sin((1 - lam) theta) / sin(theta) b,
+        theta = arccos(a . b),
+
+    so lam = 1 gives a and lam = 0 gives b (m2-mix's convention: lam weighs the first
+    argument). a and b (..., d) are normalised first; lam is a number or an array that
+    broadcasts against their leading shape (slerp(a[None], b[None], lams) is the path of
+    len(lams) points). Returns unit vectors in float64.
+
+    Computed as cos(phi) a + sin(phi) e, phi = (1 - lam) theta, with e the unit direction of
+    b's part orthogonal to a, and theta = atan2(|that part|, a . b): the same formula, but
+    always on the sphere and never NaN. For a = b it returns a; for antipodal a and b (no
+    unique great circle) it turns through a fixed direction orthogonal to a.
+    """
+    a, b = _pair_rows(a, b)
+    lam = np.asarray(lam, dtype=np.float64)
+    dot = np.clip((a * b).sum(-1, keepdims=True), -1.0, 1.0)
+    ortho = b - dot * a
+    size = np.linalg.norm(ortho, axis=-1, keepdims=True)
+    theta = np.arctan2(size, dot)
+    # Where b has no usable part orthogonal to a: equal vectors (theta ~ 0, e unused) or
+    # antipodal ones (theta ~ pi, any orthogonal direction is a great circle through both).
+    e = np.where(size > 1e-9, ortho / np.maximum(size, EPS), _orthogonal(a))
+    phi = (1.0 - lam[..., None]) * theta
+    return normalise(np.cos(phi) * a + np.sin(phi) * e)
+
+
+def linear_mix(a, b, lam, renormalise: bool = True):
+    """Plain mixup, lam a + (1 - lam) b (a and b normalised first), re-normalised by default:
+    for comparison with slerp. Without re-normalising, the path is the chord inside the
+    sphere. Antipodal a and b at lam = 0.5 mix to zero, which stays zero."""
+    a, b = _pair_rows(a, b)
+    lam = np.asarray(lam, dtype=np.float64)[..., None]
+    mix = lam * a + (1.0 - lam) * b
+    return normalise(mix) if renormalise else mix
+
+
+def beta_ratios(n: int, alpha: float = 0.5, seed: int | np.random.Generator = 0) -> np.ndarray:
+    """n mixing ratios lam ~ Beta(alpha, alpha): alpha < 1 favours the ends (m2-mix uses 0.5
+    across modalities), alpha > 1 the middle (Beta(2, 2) for its uni-modal mixes)."""
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    return rng.beta(alpha, alpha, size=n)
+
+
+def mixed_negative_cosines(images, texts, lam, max_n: int = 2048, seed: int = 0) -> dict[str, np.ndarray]:
+    """How hard m2-mix's negatives are. For pairs (I_i, T_i) and the mixes m_j =
+    slerp(I_j, T_j, lam), returns the cosines of every anchor to the negatives it would
+    see (j != i): "image_text" cos(I_i, T_j) (CLIP's negatives for an image), "image_mixed"
+    cos(I_i, m_j) (m2-mix's), "text_image" cos(T_i, I_j), "text_mixed" cos(T_i, m_j), and the
+    positives "paired" cos(I_i, T_i). On gapped data the mixed negatives sit between the
+    modalities, so they are closer to the anchor than the other modality's negatives are.
+    At most max_n pairs (a seeded sample) keep this O(max_n^2)."""
+    a, b = _pair_rows(images, texts)
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"images and texts must be paired (n, d) arrays, got {a.shape} and {b.shape}")
+    if len(a) > max_n:
+        idx = np.sort(np.random.default_rng(seed).choice(len(a), size=max_n, replace=False))
+        a, b = a[idx], b[idx]
+    m = slerp(a, b, lam)
+    off = ~np.eye(len(a), dtype=bool)
+    return {"image_text": (a @ b.T)[off], "image_mixed": (a @ m.T)[off],
+            "text_image": (b @ a.T)[off], "text_mixed": (b @ m.T)[off], "paired": (a * b).sum(-1)}
