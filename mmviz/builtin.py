@@ -130,7 +130,7 @@ def train(out_dir: str | Path = BUILTIN_DIR, progress: Callable[[int, int, float
     model.eval()
     test = world["test"]
     im, tx, owner = encode_scenes(model, tokenizer, test, mean, std)
-    rec = recall_at_k(im, tx, owner)
+    rec = recall_at_k(im, tx, text_owner=owner)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"arch": BUILTIN_ARCH, "seed": str(cfg["seed"])})
     metrics = {

@@ -107,7 +107,7 @@ def test_builtin_weights_retrieve_far_above_chance():
     scenes = synthetic.make_world(0, 0, 200, seed=123)["test"]
     mean, std = loaded.model.visual.image_mean, loaded.model.visual.image_std
     im, tx, owner = builtin.encode_scenes(loaded.model, loaded.tokenizer, scenes, mean, std)
-    r = recall_at_k(im, tx, owner, ks=(1, 10))
+    r = recall_at_k(im, tx, k=(1, 10), text_owner=owner)
     # Chance R@1 is 1/200 (t2i) and about 4/800 (i2t); measured 0.80 / 0.65 at R@1, >= 0.99 at R@10.
     assert r["i2t"][1] > 0.6 and r["t2i"][1] > 0.45, r
     assert r["i2t"][10] > 0.9 and r["t2i"][10] > 0.9, r
@@ -122,5 +122,5 @@ def test_builtin_through_the_embedding_engine(tmp_path):
     scenes = synthetic.make_world(0, 0, 100, seed=321)["test"]
     ds = ws.import_path(synthetic.write_imagefolder(scenes, tmp_path / "set"), "set").dataset
     emb = embed_dataset(ws, ds, BUILTIN_SPEC, workers=0)
-    r = recall_at_k(emb.image, emb.text, emb.text_owner, ks=(1, 5))
+    r = recall_at_k(emb.image, emb.text, k=(1, 5), text_owner=emb.text_owner)
     assert r["i2t"][1] > 0.6 and r["t2i"][5] > 0.9, r
