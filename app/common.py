@@ -1,9 +1,12 @@
 """What every page shares: the workspace, the sidebar's dataset and model pickers."""
+import base64
 import os
 
 import streamlit as st
 
-from mmviz.models import BUILTIN_SPEC, KNOWN_SPECS, weights_status
+from mmviz import projection
+from mmviz.embed import embed_dataset, stored_embeddings
+from mmviz.models import BUILTIN_SPEC, KNOWN_SPECS, ModelSpecError, ModelUnavailable, weights_status
 from mmviz.store import Workspace
 
 DEMO_MARKER = ".demo-offered"  # first launch done: never recreate a demo the user deleted
@@ -94,3 +97,124 @@ def current_dataset():
         return workspace().open(name)
     except KeyError:
         return None
+
+
+# ----------------------------------------------------------------------------------------
+# embeddings and layouts, shared by the pages that draw them
+
+
+def download(label: str, data, name: str, mime: str, key: str) -> None:
+    """A download button; `data` is bytes, text, or a callable run only when it is clicked."""
+    st.download_button(label, data, file_name=name, mime=mime, key=key, icon=":material/download:")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _complete_embeddings(version_path: str, name: str, spec: str):
+    """A dataset version's full set of vectors under a model never changes, so reruns (a
+    selection, a toggle) reuse it instead of re-reading the cache; incomplete sets are not
+    kept, so they are looked up again after an embed."""
+    from mmviz.store import Dataset
+
+    emb = stored_embeddings(workspace(), Dataset(name, version_path), spec)
+    if emb is None:
+        raise LookupError  # not cached by st.cache_resource
+    return emb
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _thumbnails(version_path: str, name: str) -> dict[str, bytes]:
+    from mmviz.store import Dataset
+
+    return Dataset(name, version_path).thumbnails()
+
+
+def thumbnails(ds) -> dict[str, bytes]:
+    """id -> JPEG thumbnail of the dataset's current version, read once per version."""
+    return _thumbnails(str(ds.path), ds.name)
+
+
+def data_uri(thumb: bytes | None) -> str | None:
+    """A thumbnail as a data: URI, for st.column_config.ImageColumn (stored thumbnails are JPEG)."""
+    if thumb is None:
+        return None
+    mime = "png" if thumb.startswith(b"\x89PNG") else "jpeg"
+    return f"data:image/{mime};base64," + base64.b64encode(thumb).decode()
+
+
+def data_key(ds, emb) -> str:
+    """Names one dataset version under one model: the key for per-set caches and state (a
+    re-imported set keeps its name but gets a new content hash)."""
+    return f"{ds.name}-{ds.manifest['content_hash'][:10]}-{emb.fingerprint[:10]}"
+
+
+def need_embeddings(ds, spec: str, page: str):
+    ws = workspace()
+    try:
+        try:
+            emb = _complete_embeddings(str(ds.path), ds.name, spec)
+        except LookupError:
+            emb = None
+    except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        st.warning(f"Cannot use {spec}: {e}", icon=":material/cloud_off:")
+        return None
+    if emb is not None:
+        return emb
+    st.info(f"{ds.name} is not embedded under {spec} yet.")
+    if st.button(f"Embed {ds.name} with {spec}", type="primary", key=f"{page}_embed"):
+        bar = st.progress(0.0, text=f"Loading {spec}…")
+        try:
+            return embed_dataset(ws, ds, spec, progress=lambda n, t, stage: bar.progress(
+                n / max(t, 1), text=f"Embedding {stage}: {n:,} / {t:,}"))
+        except (ModelSpecError, ModelUnavailable, ValueError) as e:
+            st.error(str(e))
+        finally:
+            bar.empty()
+    return None
+
+
+PROJECTIONS = {  # label -> mmviz.projection method
+    "Gap axis": "gap2",
+    "PCA 2D": "pca2",
+    "PCA 3D": "pca3",
+    "UMAP 2D": "umap2",
+    "UMAP 3D": "umap3",
+    "DOSNES sphere": "dosnes",
+}
+
+
+def dataset_and_embeddings(page: str):
+    """(dataset, embeddings) for the sidebar's dataset and model; otherwise a note, or the
+    offer to embed, and the page stops here."""
+    ds = current_dataset()
+    if ds is None:
+        st.info("No dataset yet: import one on the Data page.")
+        st.stop()
+    emb = need_embeddings(ds, current_model(), page)
+    if emb is None:
+        st.stop()
+    return ds, emb
+
+
+def layout_for(ds, emb, method: str, seed: int, images=None, texts=None, variant: dict | None = None):
+    """The dataset's layout under `method` through the workspace cache, with a progress bar.
+    `images`/`texts` replace the embeddings' own vectors (a transformed set), and `variant`
+    names what was done to them, for the cache key."""
+    ws = workspace()
+    images = emb.image if images is None else images
+    texts = emb.text if texts is None else texts
+    parts = {"dataset": ds.manifest["content_hash"], "model": emb.fingerprint, **({"variant": variant} if variant else {})}
+    first = ("Fitting UMAP… (the first fit after launch also compiles numba code: about 15 s more)"
+             if method.startswith("umap") else "Projecting…")
+    bar = st.progress(0.0, text=first)
+
+    def progress(step: int, total: int) -> None:
+        if method == "dosnes":  # only DOSNES reports its steps; the others say start and end
+            bar.progress(step / max(total, 1), text=f"Optimising the layout: step {step:,} / {total:,}")
+        elif step == total:
+            bar.progress(1.0, text="Placing the remaining points…")
+
+    try:
+        layout, hit = projection.cached_layout(ws, parts, images, texts, method, None, seed, progress=progress)
+    finally:
+        bar.empty()
+    return layout, hit

@@ -78,3 +78,40 @@ def make_image():
 
 
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200), (200, 30, 200)]
+
+
+# ---------------------------------------------------------------------------- app pages
+
+APP = str(Path(__file__).resolve().parents[1] / "app" / "main.py")
+
+
+@pytest.fixture
+def app_home(tmp_path, monkeypatch) -> Path:
+    """MMVIZ_HOME for an AppTest, marked as launched before (no demo set is created)."""
+    h = tmp_path / "home"
+    h.mkdir()
+    (h / ".demo-offered").touch()
+    monkeypatch.setenv("MMVIZ_HOME", str(h))
+    return h
+
+
+def open_page(page: str, timeout: float = 120):
+    """An AppTest of the app switched to views/<page>.py, run once, with no exception."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=timeout)
+    at.run()
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def embedded_demo(home: Path, n: int = 40):
+    """The shapes demo set of n pairs in `home`, embedded with the builtin model: (ds, emb)."""
+    from mmviz.builtin import make_demo
+    from mmviz.embed import embed_dataset
+
+    ws = Workspace(home)
+    ds = make_demo(ws, n=n)
+    return ds, embed_dataset(ws, ds, "builtin:shapes")

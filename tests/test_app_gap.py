@@ -84,7 +84,7 @@ def test_selected_pairs_show_their_images_and_captions(home):
     ds = make_demo(ws, n=30)
     emb = embed_dataset(ws, ds, "builtin:shapes")
     at = gap_page()
-    key = f"gap_picked-{ds.name}-{emb.fingerprint[:10]}"  # the page keeps a selection per dataset and model
+    key = f"gap_picked-{ds.name}-{ds.manifest['content_hash'][:10]}-{emb.fingerprint[:10]}"  # per set version and model
     at.session_state[key] = [0, 2]  # what a lasso over two images leaves behind
     at.run()
     assert not at.exception, at.exception

@@ -1,5 +1,4 @@
 """Data page: import a set (upload or local path), read the import report, browse pairs."""
-import base64
 import os
 import shutil
 import uuid
@@ -25,8 +24,7 @@ def browse_table(version_path: str, name: str) -> pd.DataFrame:
     ds = Dataset(name, Path(version_path))
     t = ds.table().copy()
     thumbs = ds.thumbnails()
-    t["thumbnail"] = [("data:image/jpeg;base64," + base64.b64encode(thumbs[i]).decode()) if i in thumbs else None
-                      for i in t["id"]]
+    t["thumbnail"] = [common.data_uri(thumbs.get(i)) for i in t["id"]]
     t["caption"] = t["captions"].map(lambda c: c[0] if c else "")
     t["n_captions"] = t["captions"].map(len)
     return t
