@@ -73,16 +73,19 @@ class _Transform:
 class Collapse(_Transform):
     """C3's collapse: subtract each modality's mean (fitted on the reference set), then
     re-normalise. Removes the constant part of the gap; without re-normalising, a second
-    collapse fitted on the output is exactly the identity."""
+    collapse fitted on the output is exactly the identity. `strength` in [0, 1] subtracts
+    that fraction of the means, to watch the gap close gradually (1 = C3)."""
 
-    def __init__(self, renormalise: bool = True):
-        self.renormalise = renormalise
+    def __init__(self, renormalise: bool = True, strength: float = 1.0):
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must be in [0, 1], got {strength}")
+        self.renormalise, self.strength = renormalise, float(strength)
 
     def _fit(self, images, texts):
         self.image_mean_, self.text_mean_ = images.mean(0), texts.mean(0)
 
     def _apply(self, images, texts):
-        return images - self.image_mean_, texts - self.text_mean_
+        return images - self.strength * self.image_mean_, texts - self.strength * self.text_mean_
 
 
 class Corrupt(_Transform):
@@ -131,6 +134,56 @@ class Shift(_Transform):
     def _apply(self, images, texts):
         step = self.lam / 2 * self.direction_
         return images - step, texts + step
+
+
+TRANSFORMS = {"collapse": Collapse, "corrupt": Corrupt, "shift": Shift}
+
+
+def make(name: str, **params) -> _Transform:
+    """The one place that turns a name ("collapse", "corrupt", "shift") and its parameters
+    into an unfitted transform: make("shift", lam=0.8)."""
+    if name not in TRANSFORMS:
+        raise ValueError(f"unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
+    return TRANSFORMS[name](**params)
+
+
+# ----------------------------------------------------------------------------------------
+# judging a transform: the geometry metrics and recall@k, before and after
+
+RECALL_KS = (1, 5, 10)
+RECALL_METRICS = {f"{d}_r{k}": (f"{label} R@{k}", f"Share of {what} whose partner is among the {k} nearest")
+                  for d, label, what in (("i2t", "Image→text", "images"), ("t2i", "Text→image", "captions"))
+                  for k in RECALL_KS}
+
+
+def evaluate(images, texts, text_owner=None, *, max_n: int = 4096, seed: int = 0) -> dict[str, float]:
+    """Every geometry metric (geometry.all_metrics on each image and its first caption, the
+    O(n^2) ones on a seeded sample of max_n pairs) and recall@1/5/10 both ways over all
+    captions (an image hits if any of its captions is retrieved). Keys: geometry.METRICS,
+    then RECALL_METRICS."""
+    from . import geometry
+    from .retrieval import recall_at_k
+
+    owner = np.arange(len(images)) if text_owner is None else np.asarray(text_owner)
+    first = np.unique(owner, return_index=True)[1]
+    if len(first) != len(images):
+        raise ValueError(f"{len(images) - len(first)} images have no caption: every image needs one for the metrics")
+    out = geometry.all_metrics(images, np.asarray(texts)[first], seed=seed, max_n=max_n)
+    rec = recall_at_k(images, texts, RECALL_KS, text_owner=owner)
+    out.update({f"{d}_r{k}": rec[d][k] for d in ("i2t", "t2i") for k in RECALL_KS})
+    return out
+
+
+def metric_table(before: dict[str, float], after: dict[str, float]):
+    """A pandas DataFrame: key, metric (label), before, after, change, meaning."""
+    import pandas as pd
+
+    from .geometry import METRICS
+
+    labels = {**METRICS, **RECALL_METRICS}
+    return pd.DataFrame([{"key": k, "metric": labels.get(k, (k, ""))[0], "before": before[k], "after": after[k],
+                          "change": after[k] - before[k], "meaning": labels.get(k, ("", ""))[1]}
+                         for k in before if k in after])
 
 
 # ----------------------------------------------------------------------------------------

@@ -212,3 +212,25 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.locator(".js-plotly-plot #scene").first).to_be_attached(timeout=60_000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(ARTIFACTS / "gap_explorer_sphere.png"))
+
+        # Transforms: collapse closes the gap; moving the strength slider to 0 undoes it
+        page.get_by_role("link", name="Transforms").click()
+        expect(page.get_by_role("heading", name="Transforms")).to_be_visible(timeout=60_000)
+        gap_metric = page.locator('[data-testid="stMetric"]').filter(has_text="Gap length")
+        expect(gap_metric).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot")).to_have_count(2, timeout=60_000)
+        collapsed = float(gap_metric.locator('[data-testid="stMetricValue"]').inner_text())
+        assert collapsed < 0.1
+        table = page.locator('[data-testid="stDataFrame"]').first
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "transforms_collapse.png"), full_page=True)
+        table_before = table.screenshot()
+        slider = page.get_by_role("slider", name="Strength")
+        slider.focus()
+        slider.press("Home")  # strength 0: nothing removed
+        expect(gap_metric.locator('[data-testid="stMetricValue"]')).not_to_have_text(f"{collapsed:.3f}", timeout=60_000)
+        uncollapsed = float(gap_metric.locator('[data-testid="stMetricValue"]').inner_text())
+        assert uncollapsed > 0.3 and gap_metric.locator('[data-testid="stMetricDelta"]').inner_text().strip() == "+0.000"
+        page.wait_for_timeout(1500)
+        assert table.screenshot() != table_before  # the table's "after" column was redrawn
+        page.screenshot(path=str(ARTIFACTS / "transforms_strength0.png"), full_page=True)

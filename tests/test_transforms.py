@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from mmviz import geometry
-from mmviz.transforms import (C3_SIGMA, Collapse, Corrupt, Shift, beta_ratios, linear_mix, mixed_negative_cosines,
-                              slerp)
+from mmviz.transforms import (C3_SIGMA, Collapse, Corrupt, Shift, beta_ratios, evaluate, linear_mix, make,
+                              metric_table, mixed_negative_cosines, slerp)
 
 
 def unit(x):
@@ -58,6 +58,17 @@ def test_collapse_applies_the_fitted_means_to_new_points():
     new_i, new_t = c.transform(im[200:], tx[200:])
     np.testing.assert_allclose(new_i, im[200:] - im[:200].mean(0), atol=1e-6)
     np.testing.assert_allclose(new_t, tx[200:] - tx[:200].mean(0), atol=1e-6)
+
+
+def test_partial_collapse_closes_the_gap_in_proportion():
+    im, tx = gapped()
+    np.testing.assert_allclose(Collapse(strength=0).fit_transform(im, tx)[0], im, atol=1e-6)
+    half_i, half_t = Collapse(strength=0.5, renormalise=False).fit_transform(im, tx)
+    np.testing.assert_allclose(half_i.mean(0) - half_t.mean(0), 0.5 * (im.mean(0) - tx.mean(0)), atol=1e-6)
+    gaps = [geometry.gap_length(*Collapse(strength=s).fit_transform(im, tx)) for s in (0, 0.25, 0.5, 0.75, 1)]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 0.05
+    with pytest.raises(ValueError, match="strength"):
+        Collapse(strength=1.5)
 
 
 def test_collapse_takes_different_numbers_of_images_and_captions():
@@ -248,3 +259,34 @@ def test_mixed_negatives_are_harder_on_gapped_data():
     # lam = 0: the mix is the text itself, so the image side sees CLIP's negatives exactly.
     c0 = mixed_negative_cosines(im, tx, 0.0)
     np.testing.assert_allclose(c0["image_mixed"], c0["image_text"], atol=1e-6)
+
+
+# ------------------------------------------------------------------------- factory and judging
+
+def test_make_builds_each_transform_and_rejects_unknown_names():
+    assert isinstance(make("collapse"), Collapse)
+    assert make("corrupt", sigma=0.2, seed=5).sigma == 0.2
+    assert make("shift", lam=0.7).lam == 0.7
+    with pytest.raises(ValueError, match="choose from collapse, corrupt, shift"):
+        make("whiten")
+
+
+def test_evaluate_and_metric_table_before_and_after_collapse():
+    im, tx = gapped(n=300)
+    owner = np.repeat(np.arange(150), 2)  # two captions per image for the first 150 images
+    images = im[:150]
+    before = evaluate(images, tx, owner)
+    assert list(before)[:len(geometry.METRICS)] == list(geometry.METRICS)
+    assert before["gap_length"] == pytest.approx(geometry.gap_length(images, tx[::2]), abs=1e-9)
+    # Recall over all captions: a hit when either caption of the image is retrieved.
+    sims = images @ tx.T
+    hits = (owner[np.argsort(-sims, axis=1)[:, :5]] == np.arange(150)[:, None]).any(1).mean()
+    assert before["i2t_r5"] == pytest.approx(hits)
+    after = evaluate(*Collapse().fit_transform(images, tx), owner)
+    table = metric_table(before, after)
+    row = table.set_index("key").loc["gap_length"]
+    # Fitted on all captions, measured on each image's first: sampling noise of 150 rows remains.
+    assert row["after"] < 0.1 < 0.5 < row["before"] and row["change"] == pytest.approx(row["after"] - row["before"])
+    assert len(table) == len(geometry.METRICS) + 6
+    with pytest.raises(ValueError, match="1 images have no caption"):
+        evaluate(im[:151], tx, owner)
