@@ -11,7 +11,8 @@ st.set_page_config(page_title="mmviz", page_icon=":material/scatter_plot:", layo
 pages = {
     "Data": [st.Page("views/data.py", title="Data", icon=":material/dataset:", default=True)],
     "Geometry": [st.Page("views/gap.py", title="Gap explorer", icon=":material/scatter_plot:")],
-    "Close the gap": [st.Page("views/transforms.py", title="Transforms", icon=":material/compress:")],
+    "Close the gap": [st.Page("views/transforms.py", title="Transforms", icon=":material/compress:"),
+                      st.Page("views/mixup.py", title="Mixup", icon=":material/blur_linear:")],
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works
