@@ -12,7 +12,8 @@ pages = {
     "Data": [st.Page("views/data.py", title="Data", icon=":material/dataset:", default=True)],
     "Geometry": [st.Page("views/gap.py", title="Gap explorer", icon=":material/scatter_plot:")],
     "Close the gap": [st.Page("views/transforms.py", title="Transforms", icon=":material/compress:"),
-                      st.Page("views/mixup.py", title="Mixup", icon=":material/blur_linear:")],
+                      st.Page("views/mixup.py", title="Mixup", icon=":material/blur_linear:"),
+                      st.Page("views/retrieval.py", title="Retrieval", icon=":material/search:")],
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works

@@ -1,4 +1,5 @@
-"""The `mmviz` command line: import, list, show, delete datasets; launch the app."""
+"""The `mmviz` command line: import, list, show, delete datasets; embed, measure, search,
+transform; launch the app."""
 from __future__ import annotations
 
 import argparse
@@ -76,13 +77,10 @@ def cmd_list(ws: Workspace, args) -> int:
     if not rows:
         print(f"no datasets in {ws.home} (add one: mmviz import PATH --name NAME)", file=sys.stderr)
         return EXIT_OK
-    header = ("NAME", "PAIRS", "CAPTIONS", "IMAGES", "VECTORS", "FORMAT", "CREATED")
-    table = [header] + [(m["name"], str(m["pairs"]), str(m["captions"]), str(m["images"]),
-                         f"{m['vector_model']} ({m['dim']}-d)" if m.get("vector_model") else "-",
-                         m["format"], m["created"]) for m in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    _print_table(["NAME", "PAIRS", "CAPTIONS", "IMAGES", "VECTORS", "FORMAT", "CREATED"],
+                 [[m["name"], str(m["pairs"]), str(m["captions"]), str(m["images"]),
+                   f"{m['vector_model']} ({m['dim']}-d)" if m.get("vector_model") else "-",
+                   m["format"], m["created"]] for m in rows])
     return EXIT_OK
 
 
@@ -190,21 +188,40 @@ def cmd_embed(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
-def cmd_gap(ws: Workspace, args) -> int:
-    from . import geometry
+class _Fail(Exception):
+    """A command cannot go on: the message is for the user (exit 1)."""
+
+
+def _dataset_embeddings(ws: Workspace, args, embed_missing: bool):
+    """(dataset, Embeddings) of args.name under args.model. What the cache lacks is embedded
+    first (with a progress bar) when `embed_missing`, else it is an error naming the command
+    that embeds it. Raises _Fail."""
     from .embed import embed_dataset, stored_embeddings
     from .models import ModelSpecError, ModelUnavailable
 
     try:
         ds = ws.open(args.name)
         emb = stored_embeddings(ws, ds, args.model)
-        if emb is None:  # embed what is missing first, with a progress bar
+        if emb is None and not embed_missing:
+            raise _Fail(f"{ds.name} is not embedded under {args.model} yet; run first: "
+                        f"mmviz embed {ds.name} --model {args.model}")
+        if emb is None:
             bar = _Bar("embedding", args.quiet or args.json)
             emb = embed_dataset(ws, ds, args.model, progress=lambda done, total, stage: bar(done, total))
             bar.close()
     except KeyError as e:
-        return _err(e.args[0])
+        raise _Fail(e.args[0]) from None
     except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        raise _Fail(str(e)) from None
+    return ds, emb
+
+
+def cmd_gap(ws: Workspace, args) -> int:
+    from . import geometry
+
+    try:
+        ds, emb = _dataset_embeddings(ws, args, embed_missing=True)
+    except _Fail as e:
         return _err(str(e))
     metrics = geometry.all_metrics(emb.image, emb.paired_text, seed=args.seed)
     if args.json:
@@ -217,6 +234,92 @@ def cmd_gap(ws: Workspace, args) -> int:
         label, meaning = geometry.METRICS[key]
         print(f"  {label:<{width}}  {value:10.4f}  {meaning}")
     return EXIT_OK
+
+
+def _query_vector(emb, text: str):
+    """The text query under the model that made `emb`'s vectors. Raises _Fail."""
+    from .models import ModelSpecError, ModelUnavailable, load_model
+    from .retrieval import text_query
+
+    try:
+        q = text_query(load_model(emb.model), text)
+    except (ModelSpecError, ModelUnavailable, ValueError) as e:
+        raise _Fail(f"a text query needs the model that made the vectors, {emb.model}, and it cannot be "
+                    f"loaded: {e}") from None
+    if q.shape[-1] != emb.dim:
+        raise _Fail(f"{emb.model} makes {q.shape[-1]}-d vectors but the dataset's are {emb.dim}-d")
+    return q
+
+
+def cmd_search(ws: Workspace, args) -> int:
+    from .retrieval import topk
+
+    try:
+        ds, emb = _dataset_embeddings(ws, args, embed_missing=False)
+        if emb.model != args.model:  # a set of imported vectors answers whatever model is asked for
+            raise _Fail(f"{ds.name} holds imported vectors from {emb.model}, not {args.model}: a text query "
+                        f"must be embedded by the model that made them (--model {emb.model}, if mmviz can "
+                        "load it)")
+        q = _query_vector(emb, args.query)
+    except _Fail as e:
+        return _err(str(e))
+    first_caption = {}
+    for caption, owner in zip(emb.captions, emb.text_owner):
+        first_caption.setdefault(int(owner), caption)
+    rows = []
+    if not args.captions:
+        scores, idx = topk(q, emb.image, args.k)
+        rows += [{"rank": r + 1, "score": float(s), "kind": "image", "id": emb.ids[i],
+                  "caption": first_caption.get(int(i), "")} for r, (s, i) in enumerate(zip(scores, idx))]
+    if not args.images:
+        scores, idx = topk(q, emb.text, args.k)
+        rows += [{"rank": r + 1, "score": float(s), "kind": "caption", "id": emb.ids[emb.text_owner[i]],
+                  "caption": emb.captions[i]} for r, (s, i) in enumerate(zip(scores, idx))]
+    if args.json:
+        print(json.dumps({"dataset": ds.name, "model": emb.model, "query": args.query, "results": rows}, indent=2))
+        return EXIT_OK
+    print(f"{ds.name} under {emb.model}: nearest to {args.query!r} (cosine)")
+    _print_table(["RANK", "SCORE", "KIND", "ID", "CAPTION"],
+                 [[str(r["rank"]), f"{r['score']:.3f}", r["kind"], r["id"], r["caption"]] for r in rows])
+    return EXIT_OK
+
+
+def cmd_transform(ws: Workspace, args) -> int:
+    from .transforms import evaluate, make, metric_table
+
+    if args.collapse:
+        name, params, what = "collapse", {}, "collapse"
+    elif args.corrupt is not None:
+        name, params, what = "corrupt", {"sigma": args.corrupt, "seed": args.seed}, f"corrupt (sigma {args.corrupt})"
+    else:
+        name, params, what = "shift", {"lam": args.shift}, f"shift (lambda {args.shift})"
+    try:
+        ds, emb = _dataset_embeddings(ws, args, embed_missing=True)
+        images, texts = make(name, **params).fit(emb.image, emb.text).transform(emb.image, emb.text)
+        before = evaluate(emb.image, emb.text, emb.text_owner, seed=args.seed)
+        after = evaluate(images, texts, emb.text_owner, seed=args.seed)
+    except (_Fail, ValueError) as e:  # ValueError: an image without a caption, a bad sigma
+        return _err(str(e))
+    table = metric_table(before, after)
+    if args.json:
+        print(json.dumps(table.to_dict(orient="records"), indent=2))
+        return EXIT_OK
+    print(f"{ds.name} under {emb.model}: {what}, fitted on {len(emb.ids)} images and {len(emb.text)} captions "
+          "(nothing stored is changed)")
+    _print_table(["METRIC", "BEFORE", "AFTER", "CHANGE", "MEANING"],
+                 [[r.metric, f"{r.before:.4f}", f"{r.after:.4f}", f"{r.change:+.4f}", r.meaning]
+                  for r in table.itertuples()], right=(1, 2, 3))
+    return EXIT_OK
+
+
+def _print_table(header: list[str], rows: list[list[str]], right: tuple[int, ...] = ()) -> None:
+    """Columns aligned to their widest cell (the last one is not padded); `right`: columns
+    aligned right (numbers)."""
+    table = [header] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r[:-1], widths))]
+        print("  ".join(cells + [r[-1]]).rstrip())
 
 
 def cmd_models(ws: Workspace, args) -> int:
@@ -249,6 +352,13 @@ def cmd_builtin_train(ws: Workspace, args) -> int:
           f"i2t R@1/5/10 {r['i2t']['R@1']:.3f}/{r['i2t']['R@5']:.3f}/{r['i2t']['R@10']:.3f}, "
           f"t2i {r['t2i']['R@1']:.3f}/{r['t2i']['R@5']:.3f}/{r['t2i']['R@10']:.3f}")
     return EXIT_OK
+
+
+def _dataset_and_model(s: argparse.ArgumentParser,
+                       model_help: str = "model spec (default builtin:shapes; a set of imported vectors uses its own)",
+                       ) -> None:
+    s.add_argument("name", help="dataset name")
+    s.add_argument("--model", default="builtin:shapes", help=model_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,10 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("embed", help="embed a dataset's images and captions with a model (cached)",
                        description="Embed with any open_clip model; only images and captions not yet in the "
                                    "workspace's cache for that model are computed.")
-    s.add_argument("name", help="dataset name")
-    s.add_argument("--model", default="builtin:shapes",
-                   help="model spec: builtin:shapes (default), ARCH:TAG (ViT-B-32:laion2b_s34b_b79k), "
-                        "ARCH:/path/weights.safetensors, ARCH:random, local-dir:/path, hf-hub:org/repo")
+    _dataset_and_model(s, "model spec: builtin:shapes (default), ARCH:TAG (ViT-B-32:laion2b_s34b_b79k), "
+                          "ARCH:/path/weights.safetensors, ARCH:random, local-dir:/path, hf-hub:org/repo")
     s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     s.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 4)")
     s.add_argument("--device", help="cuda, mps or cpu (default: the best available, or $MMVIZ_DEVICE)")
@@ -304,13 +412,39 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Gap length, paired/unpaired cosine, linear separability, C3 decomposition, "
                                    "uniformity, alignment, relative alignment, effective dimension and Vendi "
                                    "score. Embeds first what the cache does not hold yet.")
-    s.add_argument("name", help="dataset name")
-    s.add_argument("--model", default="builtin:shapes", help="model spec (default builtin:shapes; a set of "
-                                                            "imported vectors uses its own)")
+    _dataset_and_model(s)
     s.add_argument("--seed", type=int, default=0, help="seed for subsampled metrics (default 0)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_gap)
+
+    s = sub.add_parser("search", help="nearest images and captions to a text query",
+                       description="Embed QUERY with the model and print the dataset's nearest images and "
+                                   "captions by cosine. The dataset must be embedded under that model first "
+                                   "(mmviz embed NAME --model SPEC).")
+    _dataset_and_model(s, "model spec (default builtin:shapes); the set must be embedded under it")
+    s.add_argument("query", help="free text")
+    s.add_argument("-k", type=int, default=10, help="results per kind (default 10)")
+    only = s.add_mutually_exclusive_group()
+    only.add_argument("--images", action="store_true", help="images only")
+    only.add_argument("--captions", action="store_true", help="captions only")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_search)
+
+    s = sub.add_parser("transform", help="what a gap-closing transform does to the metrics and recall",
+                       description="Fit a transform on the dataset's embeddings (all images and captions), "
+                                   "apply it, and print every geometry metric and recall@1/5/10 before and "
+                                   "after. Nothing stored is changed. Embeds first what the cache lacks.")
+    _dataset_and_model(s)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--collapse", action="store_true", help="C3 collapse: remove each modality's mean")
+    which.add_argument("--corrupt", type=float, metavar="SIGMA", help="C3 corrupt: add Gaussian noise of this std")
+    which.add_argument("--shift", type=float, metavar="LAMBDA",
+                       help="Liang et al.'s shift along the gap direction (the gap's length closes it)")
+    s.add_argument("--seed", type=int, default=0, help="seed for the noise and subsampled metrics (default 0)")
+    s.add_argument("--json", action="store_true", help="the table as a JSON list of rows")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_transform)
 
     s = sub.add_parser("models", help="list known models and whether their weights are here")
     s.set_defaults(func=cmd_models)

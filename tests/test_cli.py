@@ -209,7 +209,7 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
-                                 "builtin train", "gap"])
+                                 "builtin train", "gap", "search", "transform"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main((sub.split() if sub else []) + ["--help"])
@@ -220,7 +220,8 @@ def test_help_exits_0(sub, capsys):
 
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "show"]
+    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "search",
+                                   "show", "transform"]
 
 
 def _console_script() -> str:
@@ -277,3 +278,127 @@ def test_gap_prints_metrics_for_imported_vectors(tmp_path, capsys):
     assert text.startswith("v under precomputed:v: 40 pairs, 8-d")
     assert "Gap length" in text and "How far apart" in text
     assert main(["--home", home, "gap", "nope"]) == 1
+
+
+# -----------------------------------------------------------------------------------------
+# search and transform, on the shapes-world demo embedded with the builtin model
+
+
+@pytest.fixture(scope="module")
+def demo_home(tmp_path_factory, one_torch_thread):
+    """A workspace holding the 40-scene demo, embedded under builtin:shapes (read-only for the tests)."""
+    from conftest import embedded_demo
+
+    home = tmp_path_factory.mktemp("demo-home")
+    return home, embedded_demo(home, n=40)[1]
+
+
+def test_search_finds_the_typed_caption_first(demo_home, capsys):
+    home, emb = demo_home
+    caption = emb.captions[5]
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", caption, "--captions", "-k", "3")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"shapes-demo under builtin:shapes: nearest to {caption!r} (cosine)"
+    assert lines[1].split() == ["RANK", "SCORE", "KIND", "ID", "CAPTION"]
+    rank, score, kind, id_, text = lines[2].split(maxsplit=4)
+    assert (rank, score, kind, text) == ("1", "1.000", "caption", caption)  # its own vector is the nearest
+    assert len(lines) == 5  # three captions, no images
+
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", caption, "-k", "4", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert (res["dataset"], res["model"], res["query"]) == ("shapes-demo", "builtin:shapes", caption)
+    images = [r for r in res["results"] if r["kind"] == "image"]
+    captions = [r for r in res["results"] if r["kind"] == "caption"]
+    assert [r["rank"] for r in images] == [r["rank"] for r in captions] == [1, 2, 3, 4]
+    assert captions[0]["caption"] == caption and captions[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert emb.ids[emb.text_owner[5]] in [r["id"] for r in images[:3]]  # the builtin model finds its image
+    assert all(a["score"] >= b["score"] for a, b in zip(images, images[1:]))
+
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", caption, "--images", "--json")
+    assert rc == 0 and {r["kind"] for r in json.loads(out)["results"]} == {"image"}
+    assert len(json.loads(out)["results"]) == 10  # -k defaults to 10
+
+
+def test_search_errors(demo_home, tmp_path, capsys):
+    home, _ = demo_home
+    rc, out, err = run(capsys, "--home", home, "search", "nope", "a red circle")
+    assert rc == 1 and "mmviz: error: no dataset named 'nope'" in err and out == ""
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", "a red circle", "--model", "ViT-B-32:random")
+    assert rc == 1
+    assert err.strip().endswith("run first: mmviz embed shapes-demo --model ViT-B-32:random")
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", "a red circle", "--model", "nonsense:x")
+    assert rc == 1 and "unknown open_clip architecture" in err
+    rc, out, err = run(capsys, "--home", home, "search", "shapes-demo", "   ")
+    assert rc == 1 and "the text query is empty" in err
+
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(2, 10, 8)))  # imported vectors: no
+    # model mmviz can load made them, so no text query can be put in their space
+    other = tmp_path / "other"
+    assert main(["--home", str(other), "import", str(tmp_path / "v.npy"), "--name", "v", "-q"]) == 0
+    capsys.readouterr()
+    rc, out, err = run(capsys, "--home", other, "search", "v", "a red circle")
+    assert rc == 1 and "holds imported vectors from precomputed:v" in err
+    rc, out, err = run(capsys, "--home", other, "search", "v", "a red circle", "--model", "precomputed:v")
+    assert rc == 1 and "cannot be loaded" in err
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(home), "search", "shapes-demo", "x", "--images", "--captions"])
+    assert e.value.code == 2
+
+
+def test_transform_collapse_closes_the_gap(demo_home, capsys):
+    from mmviz.transforms import evaluate, make
+
+    home, emb = demo_home
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--collapse", "--json")
+    assert rc == 0, err
+    rows = {r["key"]: r for r in json.loads(out)}
+    before = evaluate(emb.image, emb.text, emb.text_owner)
+    after = evaluate(*make("collapse").fit(emb.image, emb.text).transform(emb.image, emb.text), emb.text_owner)
+    assert set(rows) == set(before)  # every geometry metric and recall@1/5/10 both ways
+    for key, row in rows.items():
+        assert row["before"] == pytest.approx(before[key], abs=1e-9)
+        assert row["after"] == pytest.approx(after[key], abs=1e-9)
+        assert row["change"] == pytest.approx(after[key] - before[key], abs=1e-9)
+    assert rows["gap_length"]["before"] > 0.3 and rows["gap_length"]["after"] < 0.1
+
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--collapse")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("shapes-demo under builtin:shapes: collapse, fitted on 40 images and 160 captions")
+    assert lines[1].split()[:4] == ["METRIC", "BEFORE", "AFTER", "CHANGE"]
+    gap = next(line for line in lines if line.startswith("Gap length "))
+    assert gap.split()[2:5] == [f"{before['gap_length']:.4f}", f"{after['gap_length']:.4f}",
+                                f"{after['gap_length'] - before['gap_length']:+.4f}"]
+    value = f"{before['gap_length']:.4f}"
+    assert gap.index(value) + len(value) == lines[1].index("BEFORE") + len("BEFORE")  # numbers right-aligned
+
+
+def test_transform_shift_zero_and_corrupt(demo_home, capsys):
+    home, emb = demo_home
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--shift", "0", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert len(rows) > 20 and all(abs(r["change"]) < 1e-6 for r in rows)
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--corrupt", "0.5", "--seed", "3", "--json")
+    assert rc == 0, err
+    again = run(capsys, "--home", home, "transform", "shapes-demo", "--corrupt", "0.5", "--seed", "3", "--json")[1]
+    rows = {r["key"]: r for r in json.loads(out)}
+    assert json.loads(again) == json.loads(out)  # seeded noise
+    assert rows["paired_cosine_mean"]["after"] < rows["paired_cosine_mean"]["before"] - 0.1  # strong noise hurts the pairs
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--corrupt", "-1")
+    assert rc == 1 and "sigma must be >= 0" in err
+    rc, out, err = run(capsys, "--home", home, "transform", "nope", "--collapse")
+    assert rc == 1 and "no dataset named 'nope'" in err
+
+
+@pytest.mark.parametrize("argv", [["transform", "shapes-demo"], ["transform", "shapes-demo", "--collapse", "--shift", "1"],
+                                  ["search", "shapes-demo"], ["transform", "shapes-demo", "--corrupt", "lots"]])
+def test_transform_and_search_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage: mmviz" in capsys.readouterr().err
