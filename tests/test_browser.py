@@ -234,3 +234,19 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.wait_for_timeout(1500)
         assert table.screenshot() != table_before  # the table's "after" column was redrawn
         page.screenshot(path=str(ARTIFACTS / "transforms_strength0.png"), full_page=True)
+
+        # Retrieval: a demo scene uploaded as the query finds its own image, cosine 1.000
+        from mmviz import synthetic
+
+        scene = synthetic.make_world(0, 0, 600, seed=0)["test"][5]
+        query = ARTIFACTS / "query-scene.png"
+        scene.render().save(query)
+        page.get_by_role("link", name="Retrieval").click()
+        expect(page.get_by_role("heading", name="Retrieval", exact=True)).to_be_visible(timeout=60_000)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(query))
+        expect(page.get_by_text("Nearest to the image query-scene.png")).to_be_visible(timeout=60_000)
+        first = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="#1 · 1.000").first
+        expect(first).to_be_visible(timeout=30_000)
+        assert scene.id in first.inner_text()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "retrieval_upload.png"))
