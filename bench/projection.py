@@ -21,7 +21,6 @@ Prints the numbers and writes bench/results/projection.json with the goals true/
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmviz.projection import DOSNES, UMAP, cached_layout  # noqa: E402
 from mmviz.store import Workspace  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 REAL = ROOT.parent / "shared" / "data" / "modality-gap-features" / "features_clip.npy"
 
@@ -145,10 +145,7 @@ def main() -> None:
               "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
               "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
               "results": results, "goals": goals}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("goals:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals.items()))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

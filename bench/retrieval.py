@@ -19,7 +19,6 @@ bench/results/retrieval.json with the goal true/false.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmviz import retrieval  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 
 def unit_rows(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,10 +106,7 @@ def main() -> None:
         "same_indices_as_numpy": {"torch": agree_torch, "faiss": agree_faiss},
         "goals": goals,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print("goals:", ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in goals.items()))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ and the ratio cold / median step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from projection import gapped_pairs  # noqa: E402  (bench/projection.py)
+from report import write_report  # noqa: E402  (bench/report.py)
 
 STEPS = {  # (transform radio label, slider key, values stepped through)
     "collapse strength": ("Collapse", "tf_strength", [0.75, 0.5, 0.25, 0.0, 1.0]),
@@ -90,9 +90,7 @@ def main() -> None:
               "step_median_s": round(median, 3), "step_worst_s": round(max(every), 3),
               "ratio_cold_over_step": round(cold / median, 2),
               "goals": {"step_about_1s": median < 1.5}}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":
