@@ -1,5 +1,5 @@
 """The `mmviz` command line: import, list, show, delete datasets; embed, measure, search,
-transform; launch the app."""
+transform, score captions; launch the app."""
 from __future__ import annotations
 
 import argparse
@@ -312,6 +312,77 @@ def cmd_transform(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def _records(df) -> list[dict]:
+    """DataFrame rows as JSON-safe dicts (NaN -> null)."""
+    return json.loads(df.to_json(orient="records", force_ascii=False))
+
+
+def _num(x: float, digits: int) -> str:
+    """A number for a table cell; "-" where it is undefined (NaN)."""
+    return "-" if x != x else f"{x:.{digits}f}"
+
+
+def cmd_score(ws: Workspace, args) -> int:
+    from .candidates import METRICS, demo_candidates, load_candidates, match_images, score_candidates
+    from .models import ModelSpecError, ModelUnavailable
+
+    skipped: list[tuple[int, str]] = []
+    notes: list[str] = []
+    try:
+        ws.open(args.name)  # an unknown dataset is said before the file is read
+        if args.candidates:
+            cands, skipped = load_candidates(args.candidates)
+            notes += cands.attrs.get("warnings", [])
+        ds, emb = _dataset_embeddings(ws, args, embed_missing=True)
+        if args.demo:
+            cands = demo_candidates(ds, emb)
+        else:
+            cands, unmatched = match_images(cands, ds, emb)
+            skipped = sorted(skipped + unmatched)
+            if cands.empty:
+                first = "; ".join(f"line {n}: {why}" for n, why in unmatched[:3])
+                raise _Fail(f"no candidate in {args.candidates} matched an image of {ds.name} ({first})")
+        try:
+            res = score_candidates(emb, cands, prefix=args.prefix)
+        except (ModelSpecError, ModelUnavailable) as e:
+            raise _Fail(f"scoring encodes the candidates with the model that made the vectors, {emb.model}, and "
+                        f"it cannot be loaded: {e}") from None
+    except KeyError as e:
+        return _err(e.args[0])
+    except (_Fail, DataFormatError, ValueError, OSError) as e:
+        return _err(str(e))
+    notes += res.warnings
+    if args.json:
+        print(json.dumps({"dataset": ds.name, "model": emb.model, "prefix": res.prefix,
+                          "leaderboard": _records(res.leaderboard),
+                          "agreement": None if res.agreement is None else _records(res.agreement),
+                          "per_sample": _records(res.per_sample), "skipped": [list(s) for s in skipped],
+                          "warnings": notes}, indent=2, ensure_ascii=False))
+        return EXIT_OK
+    n, k = len(res.per_sample), len(res.leaderboard)
+    print(f"{ds.name} under {emb.model}: {n} candidate{'s' * (n != 1)} from {k} system{'s' * (k != 1)}, "
+          f"judged against {res.n_references} reference captions (prefix {res.prefix!r})")
+    _print_table(["SYSTEM", "N", "MID", "CLIP-S", "RefCLIP-S", "PMI", "HUMAN"],
+                 [[r.system, str(r.n), _num(r.mid, 2), _num(r.clip_s, 4), _num(r.refclip_s, 4), _num(r.pmi_mean, 2),
+                   _num(r.human, 3)] for r in res.leaderboard.itertuples()], right=(1, 2, 3, 4, 5, 6))
+    if res.agreement is not None:
+        print(f"\nagreement with the human scores ({int(res.per_sample['human'].notna().sum())} judged candidates)")
+        _print_table(["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC"],
+                     [[METRICS[r.metric], str(r.n), _num(r.kendall_tau_b, 4), _num(r.kendall_tau_c, 4),
+                       _num(r.roc_auc, 4)] for r in res.agreement.itertuples()], right=(1, 2, 3, 4))
+    print("\nwhere PMI and CLIP-S disagree most (percentile ranks among all candidates)")
+    _print_table(["LINE", "SYSTEM", "CLIP-S", "CLIP-S-PCT", "PMI", "PMI-PCT", "CAPTION"],
+                 [[str(r.line), r.system, _num(r.clip_s, 4), _num(r.clip_s_pct, 2), _num(r.pmi, 2), _num(r.pmi_pct, 2),
+                   r.caption] for r in res.disagreements.head(10).itertuples()], right=(0, 2, 3, 4, 5))
+    for n, why in skipped[:20]:
+        print(f"  skipped line {n}: {why}", file=sys.stderr)
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more skipped lines (see --json)", file=sys.stderr)
+    for w in notes:
+        print(f"warning: {w}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _print_table(header: list[str], rows: list[list[str]], right: tuple[int, ...] = ()) -> None:
     """Columns aligned to their widest cell (the last one is not padded); `right`: columns
     aligned right (numbers)."""
@@ -445,6 +516,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="the table as a JSON list of rows")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_transform)
+
+    s = sub.add_parser("score", help="score candidate captions (CLIP-S, RefCLIP-S, PMI, MID) and rank their systems",
+                       description="Score candidate captions for the dataset's images with CLIP-S, RefCLIP-S "
+                                   "(against the dataset's captions) and PMI/MID (under a Gaussian fitted on the "
+                                   "dataset's pairs); print the systems' leaderboard, the agreement with human "
+                                   "scores when the file has them, and where PMI and CLIP-S disagree most. "
+                                   "Embeds first what the cache lacks.")
+    _dataset_and_model(s)
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--candidates", metavar="FILE",
+                       help="CSV/TSV/JSONL with columns image (id or file name), caption, and optionally "
+                            "system and human")
+    which.add_argument("--demo", action="store_true",
+                       help="the shapes demo's ground truth, paraphrase and foil captions (human 1, 1, 0)")
+    s.add_argument("--prefix", metavar="TEXT",
+                   help="text before every caption (default 'A photo depicts ' for CLIP models, none for "
+                        "builtin:shapes; '' for none)")
+    s.add_argument("--json", action="store_true", help="leaderboard, agreement and per-candidate scores as JSON")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("models", help="list known models and whether their weights are here")
     s.set_defaults(func=cmd_models)

@@ -209,7 +209,7 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
-                                 "builtin train", "gap", "search", "transform"])
+                                 "builtin train", "gap", "search", "transform", "score"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main((sub.split() if sub else []) + ["--help"])
@@ -220,8 +220,8 @@ def test_help_exits_0(sub, capsys):
 
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "search",
-                                   "show", "transform"]
+    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "score",
+                                   "search", "show", "transform"]
 
 
 def _console_script() -> str:
@@ -402,3 +402,89 @@ def test_transform_and_search_usage_errors_exit_2(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "usage: mmviz" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------------------
+# score: candidate captions on the demo
+
+
+def test_score_demo_prints_leaderboard_agreement_and_disagreements(demo_home, capsys):
+    home, emb = demo_home
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--demo")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == ("shapes-demo under builtin:shapes: 120 candidates from 3 systems, judged against 80 "
+                        "reference captions (prefix '')")
+    assert lines[1].split() == ["SYSTEM", "N", "MID", "CLIP-S", "RefCLIP-S", "PMI", "HUMAN"]
+    board = [line.rsplit(maxsplit=6) for line in lines[2:5]]
+    assert [b[0] for b in board] == ["ground truth", "paraphrase", "foil"]  # best MID first
+    assert [b[1] for b in board] == ["40", "40", "40"] and [b[6] for b in board] == ["1.000", "1.000", "0.000"]
+    assert float(board[0][3]) > float(board[2][3]) + 0.4  # CLIP-S: ground truth over foil
+    i = lines.index("agreement with the human scores (120 judged candidates)")
+    assert lines[i + 1].split() == ["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC"]
+    assert [line.split()[0] for line in lines[i + 2:i + 5]] == ["CLIP-S", "RefCLIP-S", "PMI"]
+    assert all(float(line.split()[-1]) > 0.85 for line in lines[i + 2:i + 5])
+    j = lines.index("where PMI and CLIP-S disagree most (percentile ranks among all candidates)")
+    assert lines[j + 1].split()[:6] == ["LINE", "SYSTEM", "CLIP-S", "CLIP-S-PCT", "PMI", "PMI-PCT"]
+    assert len(lines) == j + 12  # the 10 biggest
+    assert "warning: the reference distribution was regularised" in err and "80 reference pairs" in err
+
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--demo", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert [r["system"] for r in res["leaderboard"]] == ["ground truth", "paraphrase", "foil"]
+    assert [r["metric"] for r in res["agreement"]] == ["clip_s", "refclip_s", "pmi"]
+    assert len(res["per_sample"]) == 120 and res["prefix"] == "" and res["skipped"] == []
+    first = res["per_sample"][0]
+    assert {"line", "image", "row", "system", "caption", "human", "clip_s", "refclip_s", "pmi"} <= set(first)
+    assert first["foil_word"] is None and res["per_sample"][2]["foil_word"]  # null, not NaN: valid JSON
+
+
+def test_score_candidates_file_reports_what_did_not_match(demo_home, tmp_path, capsys):
+    home, emb = demo_home
+    f = tmp_path / "cands.csv"
+    f.write_text(f"image,caption,model\n{emb.ids[0]},a red circle,mine\nnope.png,a blue square,mine\n"
+                 f"{emb.ids[1]},,mine\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--candidates", f)
+    assert rc == 0, err
+    assert out.startswith("shapes-demo under builtin:shapes: 1 candidate from 1 system, judged against 160 ")
+    assert out.splitlines()[2].split() == ["mine", "1", "-", *out.splitlines()[2].split()[3:6], "-"]  # no MID of one
+    assert "agreement" not in out  # no human scores
+    assert "  skipped line 3: no image with id or file name 'nope.png' in dataset shapes-demo" in err
+    assert "  skipped line 4: empty caption" in err
+
+    f.write_text("image,caption\nnope.png,a blue square\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--candidates", f)
+    assert rc == 1 and out == ""
+    assert f"mmviz: error: no candidate in {f} matched an image of shapes-demo (line 2: no image with id" in err
+
+    f.write_text("image_id,sentence\n1,a dog\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--candidates", f)
+    assert rc == 1 and f"mmviz: error: {f}: no caption column (columns found: image_id, sentence)" in err
+    rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--candidates", tmp_path / "none.csv")
+    assert rc == 1 and "none.csv: no such file" in err
+    rc, out, err = run(capsys, "--home", home, "score", "nope", "--demo")
+    assert rc == 1 and "mmviz: error: no dataset named 'nope'" in err
+
+
+def test_score_errors_for_sets_it_cannot_score(tmp_path, capsys):
+    import numpy as np
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(2, 10, 8)))
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "import", str(tmp_path / "v.npy"), "--name", "v", "-q"]) == 0
+    capsys.readouterr()
+    rc, out, err = run(capsys, "--home", home, "score", "v", "--demo")
+    assert rc == 1 and "has no 'foil' column: demo candidates need the shapes demo set" in err
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "3", "text": "a dog"}) + "\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "score", "v", "--candidates", tmp_path / "c.jsonl")
+    assert rc == 1 and "the model that made the vectors, precomputed:v, and it cannot be loaded" in err
+
+
+@pytest.mark.parametrize("argv", [["score", "shapes-demo"],
+                                  ["score", "shapes-demo", "--demo", "--candidates", "x.csv"]])
+def test_score_needs_one_source_of_candidates(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "usage: mmviz score" in capsys.readouterr().err

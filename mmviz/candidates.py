@@ -1,0 +1,652 @@
+"""Candidate captions to be judged, and the pipeline that scores them.
+
+A candidate is a caption some system wrote for an image of a dataset. `load_candidates`
+reads them from a CSV/TSV/JSONL file, `match_images` finds each one's image among the
+dataset's embedded rows, and `score_candidates` gives every candidate CLIP-S, RefCLIP-S
+(against the dataset's own captions of its image) and PMI under a Gaussian fitted on the
+dataset's image-caption pairs, then ranks the systems by MID and, where people scored the
+candidates, says how well each metric agrees with them.
+
+Foils (a caption with one object or colour word swapped, so it no longer fits the image)
+come from `make_foils`/`foil_caption` for real photos (COCO's 80 categories and common
+colour words) and from the shapes world's own vocabulary for the builtin model; `probe`
+scores one caption against its foils, and `demo_candidates` builds a judged set from the
+shapes demo (ground truth, paraphrase and foil per image).
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DataFormatError, ImportReport, _pick, _read_records
+from .models import ASSETS
+
+MAX_CANDIDATES = 1_000_000  # rows in one candidates file
+MAX_CANDIDATE_BYTES = 256 * 2**20  # size of one candidates file
+IMAGE_COLUMNS = ("image", "image_id", "id", "file_name", "image_path", "filename")
+CAPTION_COLUMNS = ("caption", "text", "candidate")
+SYSTEM_COLUMNS = ("system", "model", "method")
+HUMAN_COLUMNS = ("human", "human_score", "score", "rating")
+DEFAULT_SYSTEM = "candidate"
+CLIP_PREFIX = "A photo depicts "  # CLIPScore's prompt (Hessel et al., 2021), for real CLIP models
+METRICS = {"clip_s": "CLIP-S", "refclip_s": "RefCLIP-S", "pmi": "PMI"}
+_REF_CHUNK = 8192  # candidates whose reference vectors are gathered at once
+
+
+def _read_vocabulary(path: Path) -> tuple[str, ...]:
+    lines = (line.strip() for line in path.read_text("utf-8").splitlines())
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+COCO_CATEGORIES = _read_vocabulary(ASSETS / "coco_categories.txt")
+COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
+                "gray", "grey")
+_SAME_COLOUR = {"grey": "gray"}  # spellings of one colour: never swapped for each other
+
+
+# ----------------------------------------------------------------------------------------
+# reading candidates
+
+
+def _line_of(where: str) -> int:
+    m = re.search(r"(?:line|row) (\d+)$", where)
+    return int(m.group(1)) if m else 0
+
+
+def _cell_text(value) -> str | None:
+    """A cell as stripped text ("" when blank); None when it is not a scalar (a list, a dict)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # 391895.0 from a spreadsheet is image id 391895
+    return str(value).strip()
+
+
+def _human_value(value) -> float | str:
+    """A human score as a float (NaN when blank), or the reason it is not one."""
+    text = _cell_text(value)
+    if not text:
+        return math.nan
+    try:
+        x = float(text)
+    except ValueError:
+        return f"human score {text[:40]!r} is not a number"
+    if math.isinf(x):
+        return f"human score {text!r} is not a finite number"
+    return x
+
+
+def _records(source: str | Path | bytes, label: str, report: ImportReport) -> list[tuple[str, dict]]:
+    suffix = Path(label).suffix.lower()
+    if suffix not in (".csv", ".tsv", ".jsonl"):
+        raise DataFormatError(label, f"unknown file type {suffix or '(none)'}", "a .csv, .tsv or .jsonl file")
+    if isinstance(source, (bytes, bytearray)):
+        size = len(source)
+    else:
+        if not Path(source).is_file():
+            raise DataFormatError(label, "no such file", "a .csv, .tsv or .jsonl file of candidate captions")
+        size = Path(source).stat().st_size
+    if size > MAX_CANDIDATE_BYTES:
+        raise DataFormatError(label, f"{size:,} bytes > limit {MAX_CANDIDATE_BYTES:,}",
+                              "a smaller file (split it, e.g. one file per system)")
+    if not isinstance(source, (bytes, bytearray)):
+        return _read_records(Path(source), report)
+    with tempfile.TemporaryDirectory(prefix="mmviz-candidates-") as tmp:
+        path = Path(tmp) / f"candidates{suffix}"
+        path.write_bytes(bytes(source))
+        try:
+            return _read_records(path, report)
+        except DataFormatError as e:  # name the file as the user knows it, not the temporary copy
+            raise DataFormatError(label, str(e)[len(e.path) + 2:]) from None
+
+
+def _missing_column(label: str, what: str, names: tuple[str, ...], columns: list[str]) -> DataFormatError:
+    found = ", ".join(map(str, columns)) or "none"
+    return DataFormatError(label, f"no {what} column (columns found: {found})",
+                           f"a column named {names[0]!r} (or {', '.join(names[1:])}): rename the column "
+                           f"holding the {what}s to {names[0]!r}")
+
+
+def load_candidates(source: str | Path | bytes, name: str | None = None) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """Candidate captions from a CSV, TSV or JSONL file: a path, or the file's bytes with
+    `name` (its file name, which gives the type and is used in messages).
+
+    Columns (any case): the image (`image`, `image_id`, `id`, `file_name`, `image_path`,
+    `filename`), the caption (`caption`, `text`, `candidate`), optionally the system that
+    wrote it (`system`, `model`, `method`) and a human judgement (`human`, `human_score`,
+    `score`, `rating`). Returns (candidates, skipped): a DataFrame with columns image (str),
+    caption, system ("candidate" when not given), human (float, NaN when not given) and line
+    (the 1-based line of the file), and the rows left out as (line, reason): an empty image
+    or caption, a human score that is not a number, a line that is not a JSON object.
+    A file that is wrong as a whole raises DataFormatError naming it and what to change.
+    """
+    if isinstance(source, (bytes, bytearray)) and not name:
+        raise ValueError("load_candidates(bytes) needs name=, the file name (it says CSV, TSV or JSONL)")
+    label = name or str(source)
+    report = ImportReport(label, "candidates")
+    records = _records(source, label, report)
+    if not records:
+        raise DataFormatError(label, "no candidate rows", "a header row and one row per candidate caption")
+    if len(records) > MAX_CANDIDATES:
+        raise DataFormatError(label, f"{len(records):,} rows > limit {MAX_CANDIDATES:,}",
+                              "a smaller file (split it, e.g. one file per system)")
+    columns: list[str] = []
+    for _, rec in records[:1000]:
+        columns.extend(k for k in rec if k not in columns)
+    image_col, caption_col = _pick(columns, IMAGE_COLUMNS), _pick(columns, CAPTION_COLUMNS)
+    if image_col is None:
+        raise _missing_column(label, "image", IMAGE_COLUMNS, columns)
+    if caption_col is None:
+        raise _missing_column(label, "caption", CAPTION_COLUMNS, columns)
+    system_col, human_col = _pick(columns, SYSTEM_COLUMNS), _pick(columns, HUMAN_COLUMNS)
+    skipped = [(_line_of(s.where), f"{s.reason}: {s.detail}" if s.detail else s.reason) for s in report.skipped]
+    rows = []
+    for where, rec in records:
+        line = _line_of(where)
+        image, caption = _cell_text(rec.get(image_col)), _cell_text(rec.get(caption_col))
+        system = _cell_text(rec.get(system_col)) if system_col else ""
+        human = _human_value(rec.get(human_col)) if human_col else math.nan
+        if image is None or caption is None or system is None:
+            skipped.append((line, "a cell holds a list or an object, not text"))
+        elif not image:
+            skipped.append((line, f"empty {image_col!r} cell"))
+        elif not caption:
+            skipped.append((line, "empty caption"))
+        elif isinstance(human, str):
+            skipped.append((line, human))
+        else:
+            rows.append((image, caption, system or DEFAULT_SYSTEM, human, line))
+    if not rows:
+        first = "; ".join(f"line {n}: {why}" for n, why in skipped[:3])
+        raise DataFormatError(label, f"no usable candidate rows ({len(skipped)} skipped; {first})",
+                              "rows with an image and a non-empty caption")
+    df = pd.DataFrame(rows, columns=["image", "caption", "system", "human", "line"])
+    df["human"] = df["human"].astype(float)
+    df.attrs["source"] = label
+    df.attrs["warnings"] = list(report.warnings)  # e.g. a file that is not UTF-8
+    return df, sorted(skipped)
+
+
+def match_images(cands: pd.DataFrame, ds, emb) -> tuple[pd.DataFrame, list[tuple[int, str]]]:
+    """The candidates whose image is in `ds` and embedded in `emb`, with a column `row` (the
+    row of `emb.ids`/`emb.image`), and the others as (line, reason).
+
+    An image value is matched to a dataset id first (a whole number written as 17.0 counts
+    as id 17), then to a stored image path, then to a file name (the path's last part; a
+    value with folders must end the stored path)."""
+    t = ds.table()
+    row_of_id = {id_: r for r, id_ in enumerate(emb.ids)}
+    ids = set(t["id"])
+    by_path: dict[str, str] = {}
+    by_base: dict[str, list[tuple[str, str]]] = {}
+    for id_, ref in zip(t["id"], t["image"]):
+        if isinstance(ref, str) and ref:
+            by_path[ref] = id_
+            by_base.setdefault(ref.rsplit("/", 1)[-1], []).append((ref, id_))
+
+    memo: dict[str, int | str] = {}
+
+    def find(value: str) -> int | str:
+        v = value.replace("\\", "/")
+        if v not in ids and re.fullmatch(r"\d+\.0+", v) and v.split(".")[0] in ids:
+            v = v.split(".")[0]  # a spreadsheet's 391895.0 is the image id 391895
+        id_ = v if v in ids else by_path.get(v)
+        if id_ is None:
+            hits = by_base.get(v.rsplit("/", 1)[-1], [])
+            if "/" in v:
+                hits = [h for h in hits if h[0].endswith("/" + v.lstrip("./"))]
+            if len(hits) > 1:
+                return (f"file name {value!r} fits {len(hits)} images in dataset {ds.name} "
+                        f"({hits[0][1]}, {hits[1][1]}, ...): give the image id instead")
+            id_ = hits[0][1] if hits else None
+        if id_ is None:
+            return f"no image with id or file name {value!r} in dataset {ds.name}"
+        if id_ not in row_of_id:
+            return f"image {id_} of dataset {ds.name} has no embedding (it could not be read)"
+        return row_of_id[id_]
+
+    rows = []
+    for value in cands["image"]:
+        if value not in memo:
+            memo[value] = find(str(value))
+        rows.append(memo[value])
+    ok = np.array([isinstance(r, int) for r in rows], dtype=bool)
+    lines = cands["line"] if "line" in cands.columns else range(1, len(cands) + 1)
+    unmatched = [(int(line), r) for line, r, good in zip(lines, rows, ok) if not good]
+    out = cands.loc[ok].copy()
+    out["row"] = np.array([r for r, good in zip(rows, ok) if good], dtype=np.int64)
+    return out, unmatched
+
+
+# ----------------------------------------------------------------------------------------
+# foils
+
+
+_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "tv": "tvs"}
+_SAME_PLURAL = {"sheep", "broccoli", "skis", "scissors"}
+
+
+def plural(word: str) -> str:
+    """English plural of a vocabulary word ('dog' -> 'dogs', 'wine glass' -> 'wine glasses')."""
+    if word in _IRREGULAR_PLURALS:
+        return _IRREGULAR_PLURALS[word]
+    if word in _SAME_PLURAL:
+        return word
+    if re.search(r"(s|sh|ch|x|z)$", word):
+        return word + "es"
+    if re.search(r"[^aeiou]y$", word):
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+@dataclass(frozen=True)
+class _Form:
+    kind: str  # "object" or "colour"
+    word: str  # the vocabulary word (singular)
+    plural: bool
+
+
+class _Vocabulary:
+    """Whole-word, case-insensitive finder of object and colour words (with object plurals)."""
+
+    def __init__(self, objects: tuple[str, ...], colours: tuple[str, ...]):
+        self.objects = tuple(w.lower() for w in objects)
+        self.colours = tuple(w.lower() for w in colours)
+        self.forms: dict[str, list[_Form]] = {}
+        for w in self.objects:
+            self.forms.setdefault(w, []).append(_Form("object", w, False))
+            if plural(w) != w:
+                self.forms.setdefault(plural(w), []).append(_Form("object", w, True))
+        for w in self.colours:
+            self.forms.setdefault(w, []).append(_Form("colour", w, False))
+        alternatives = sorted(self.forms, key=len, reverse=True)  # longest first: "hot dog" before "dog"
+        body = "|".join(r"\s+".join(map(re.escape, f.split())) for f in alternatives)
+        self.pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w-])", re.IGNORECASE)
+
+    def _forms(self, match: re.Match) -> list[_Form]:
+        return self.forms[" ".join(match.group(0).lower().split())]
+
+    def spans(self, caption: str) -> list[tuple[int, int, _Form]]:
+        """(start, end, form) of every vocabulary word in the caption, in order. A word of
+        both kinds ("orange") is a colour right before an object word ("orange cat"), else
+        an object (the fruit)."""
+        matches = list(self.pattern.finditer(caption))
+        found = []
+        for m, after in zip(matches, matches[1:] + [None]):
+            forms = self._forms(m)
+            adjective = (after is not None and not caption[m.end():after.start()].strip()
+                         and any(f.kind == "object" for f in self._forms(after)))
+            kind = "colour" if adjective else "object"
+            found.append((m.start(), m.end(), next((f for f in forms if f.kind == kind), forms[0])))
+        return found
+
+    def alternatives(self, form: _Form) -> list[str]:
+        vocab = self.objects if form.kind == "object" else self.colours
+        same = _SAME_COLOUR.get(form.word, form.word)
+        return [w for w in vocab if w != form.word and _SAME_COLOUR.get(w, w) != same]
+
+
+_VOCABULARIES: dict[tuple, _Vocabulary] = {}
+
+
+def _vocabulary(objects, colours) -> _Vocabulary:
+    key = (tuple(objects), tuple(colours))
+    if key not in _VOCABULARIES:
+        _VOCABULARIES[key] = _Vocabulary(*key)
+    return _VOCABULARIES[key]
+
+
+_DISPLAY = {"tv": "TV", "tvs": "TVs"}  # vocabulary words written otherwise in running text
+
+
+def _same_case(like: str, word: str) -> str:
+    word = _DISPLAY.get(word, word)
+    if like.isupper() and len(like) > 2:  # "DOGS"
+        return word.upper()
+    if like.isupper() and len(like) == 2:  # an acronym ("TV") says nothing about case
+        return word
+    if like[:1].isupper():  # "Dogs", or the article "A"
+        return word[:1].upper() + word[1:]
+    return word
+
+
+def foil_caption(caption: str, rng: random.Random | int, *, objects=COCO_CATEGORIES,
+                 colours=COLOUR_WORDS) -> dict | None:
+    """The caption with exactly one object or colour word swapped for another of its kind:
+    {caption, foil, word, replacement, kind ("object" or "colour")}, or None when it names
+    none. Matching is whole-word and case-insensitive, multi-word objects ("traffic light")
+    included; the replacement keeps the word's case and number ("Dogs" -> "Cats"), and an
+    "a"/"an" right before it is fixed to suit ("a dog" -> "an elephant"). `rng` (a
+    random.Random or a seed) picks the word and its replacement."""
+    rng = random.Random(rng) if isinstance(rng, int) else rng
+    vocab = _vocabulary(objects, colours)
+    spans = [s for s in vocab.spans(caption) if vocab.alternatives(s[2])]
+    if not spans:
+        return None
+    start, end, form = rng.choice(spans)
+    new = rng.choice(vocab.alternatives(form))
+    word = caption[start:end]
+    new = _same_case(word, plural(new) if form.plural else new)
+    head = caption[:start]
+    article = re.search(r"(?<![\w-])(an?)(\s+)$", head, re.IGNORECASE)
+    if article:
+        fitting = "an" if new[:1].lower() in "aeiou" else "a"
+        head = head[:article.start()] + _same_case(article.group(1), fitting) + article.group(2)
+    return {"caption": caption, "foil": head + new + caption[end:], "word": word, "replacement": new,
+            "kind": form.kind}
+
+
+def make_foils(captions: list[str], seed: int = 0, *, objects=COCO_CATEGORIES, colours=COLOUR_WORDS) -> pd.DataFrame:
+    """One foil per caption that names an object or colour (see `foil_caption`): a DataFrame
+    with columns caption, foil, word, replacement and kind, indexed by the caption's position
+    in `captions` (captions with nothing to swap are left out). A caption's foil depends only
+    on the caption and `seed`, not on the others in the list."""
+    rows, index = [], []
+    for i, c in enumerate(captions):
+        f = foil_caption(c, random.Random(f"{seed}\0{c}"), objects=objects, colours=colours)
+        if f is not None:
+            rows.append(f)
+            index.append(i)
+    return pd.DataFrame(rows, index=index, columns=["caption", "foil", "word", "replacement", "kind"])
+
+
+def swap_vocabulary(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(objects, colours) to make foils with under `model`: the shapes world's own words for
+    the builtin model, COCO's categories and common colour words for any other."""
+    if model.startswith("builtin:"):
+        from .synthetic import COLOURS, SHAPES
+
+        return tuple(SHAPES), tuple(COLOURS)
+    return COCO_CATEGORIES, COLOUR_WORDS
+
+
+# ----------------------------------------------------------------------------------------
+# the demo's judged candidates
+
+
+def _captions_of_rows(emb) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in emb.ids]
+    for j, r in enumerate(emb.text_owner):
+        out[int(r)].append(j)
+    return out
+
+
+def demo_candidates(ds, emb) -> pd.DataFrame:
+    """Judged candidates from the shapes demo set (it has a `foil` column): per image three
+    systems, "ground truth" (its first caption, human 1.0), "paraphrase" (its second, human
+    1.0) and "foil" (the first caption with one colour or shape word swapped, human 0.0, the
+    swapped word in `foil_word`). Columns: line, image, row, system, caption, human,
+    foil_word, references.
+
+    `references` lists, per candidate, the caption indices (into `emb.text`) it is judged
+    against: its image's captions from the third on, so that no candidate is scored against
+    itself or its sibling. Images need at least 3 captions; those with fewer are left out.
+    """
+    t = ds.table()
+    if "foil" not in t.columns:
+        raise ValueError(f"dataset {ds.name} has no 'foil' column: demo candidates need the shapes demo set "
+                         "(mmviz.builtin.make_demo); for other sets make foils with make_foils(captions) and "
+                         "score them as candidates")
+    foil_of = dict(zip(t["id"], zip(t["foil"], t["foil_word"] if "foil_word" in t else [None] * len(t))))
+    rows = []
+    for r, (id_, caps) in enumerate(zip(emb.ids, _captions_of_rows(emb))):
+        if len(caps) < 3:
+            continue
+        foil, word = foil_of.get(id_, (None, None))
+        entries = [("ground truth", emb.captions[caps[0]], 1.0, None),
+                   ("paraphrase", emb.captions[caps[1]], 1.0, None)]
+        if isinstance(foil, str) and foil.strip():
+            entries.append(("foil", foil, 0.0, word))
+        for system, caption, human, foil_word in entries:
+            rows.append({"line": len(rows) + 1, "image": id_, "row": r, "system": system, "caption": caption,
+                         "human": human, "foil_word": foil_word, "references": caps[2:]})
+    if not rows:
+        raise ValueError(f"no image of dataset {ds.name} has 3 captions: demo candidates use the first two as "
+                         "candidates and the rest as references")
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------
+# scoring
+
+
+def default_prefix(model: str) -> str:
+    """The text put before every caption: CLIPScore's "A photo depicts " for real CLIP
+    models, nothing for the builtin model (trained on bare shapes-world captions)."""
+    return "" if model.startswith("builtin:") else CLIP_PREFIX
+
+
+def _same_text(a: str, b: str) -> bool:
+    return " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+@dataclass
+class References:
+    """The reference side of scoring: dataset captions that may serve as references (`pool`,
+    indices into `emb.text`), their vectors with `prefix` (`vectors[k]` for `pool[k]`), and
+    the Gaussian fitted on their pairs with the images (for PMI and MID)."""
+
+    prefix: str
+    pool: np.ndarray
+    vectors: np.ndarray
+    gaussian: object  # mmviz.scoring.GaussianReference, fitted
+    position: dict[int, int] = field(init=False, repr=False)  # caption index -> row of `vectors`
+
+    def __post_init__(self) -> None:
+        self.position = {int(j): k for k, j in enumerate(self.pool)}
+
+
+def _model(emb, loaded):
+    from .models import load_model
+
+    loaded = loaded if loaded is not None else load_model(emb.model)
+    if loaded.embed_dim != emb.dim:
+        raise ValueError(f"{loaded.name} makes {loaded.embed_dim}-d vectors but the dataset's are {emb.dim}-d")
+    return loaded
+
+
+def fit_references(emb, loaded=None, *, prefix: str | None = None, eps: float = 1e-3,
+                   pool=None) -> References:
+    """Encode the reference captions (`pool`: caption indices into `emb.text`, default all)
+    with `prefix` (default `default_prefix`; "" reuses the stored vectors) and fit the
+    Gaussian of (image, caption) pairs on them."""
+    from .embed import encode_texts
+    from .scoring import GaussianReference, RegularisedWarning
+
+    prefix = default_prefix(emb.model) if prefix is None else prefix
+    pool = np.arange(len(emb.text)) if pool is None else np.asarray(sorted(set(map(int, pool))), dtype=np.int64)
+    if len(pool) == 0:
+        raise ValueError("no reference captions to fit the reference distribution on")
+    if prefix:
+        vectors = encode_texts(_model(emb, loaded), [prefix + emb.captions[j] for j in pool])
+    else:
+        vectors = np.asarray(emb.text[pool], dtype=np.float32)
+    with warnings.catch_warnings():  # said once, in words, by score_candidates
+        warnings.simplefilter("ignore", RegularisedWarning)
+        g = GaussianReference(eps=eps).fit(emb.image[emb.text_owner[pool]], vectors)
+    return References(prefix, pool, vectors, g)
+
+
+def _score(emb, loaded, refs: References, rows: np.ndarray, captions: list[str],
+           ref_lists: list[list[int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(candidate vectors, {clip_s, refclip_s, pmi}) of captions for images `rows`, each
+    judged against the reference captions in `ref_lists` (NaN RefCLIP-S where there are none)."""
+    from .embed import encode_texts
+    from .scoring import clip_s, refclip_s
+
+    vecs = encode_texts(_model(emb, loaded), [refs.prefix + c for c in captions])
+    images = emb.image[rows]
+    ref = np.full(len(rows), np.nan)
+    sub = np.flatnonzero([bool(r) for r in ref_lists])
+    for start in range(0, len(sub), _REF_CHUNK):  # bounded memory: a chunk's references at a time
+        part = sub[start:start + _REF_CHUNK]
+        owner = np.repeat(np.arange(len(part)), [len(ref_lists[i]) for i in part])
+        ref_vecs = refs.vectors[[refs.position[j] for i in part for j in ref_lists[i]]]
+        ref[part] = refclip_s(images[part], vecs[part], ref_vecs, owner)
+    scores = {"clip_s": np.asarray(clip_s(images, vecs), dtype=float), "refclip_s": ref,
+              "pmi": np.asarray(refs.gaussian.pmi(images, vecs), dtype=float)}
+    return vecs, scores
+
+
+@dataclass
+class ScoreResult:
+    per_sample: pd.DataFrame  # line, image, row, system, caption, human, clip_s, refclip_s, pmi[, foil_word]
+    leaderboard: pd.DataFrame  # system, n, mid, clip_s, refclip_s, pmi_mean, human; best MID first
+    agreement: pd.DataFrame | None  # metric, n, kendall_tau_b, kendall_tau_c, roc_auc; None without human scores
+    disagreements: pd.DataFrame  # candidates by |percentile rank by PMI - by CLIP-S|, largest first
+    regularised: bool  # the reference Gaussian needed its covariance regularised (few references)
+    eps: float  # the regularisation it used
+    prefix: str
+    n_references: int  # reference pairs the Gaussian was fitted on
+    warnings: list[str] = field(default_factory=list)
+
+
+def _or_nan(f, *args, **kwargs) -> float:
+    """f(...) as a float, NaN where it is undefined (too few rows, a constant metric)."""
+    try:
+        return float(f(*args, **kwargs))
+    except ValueError:
+        return math.nan
+
+
+def _agreement(ps: pd.DataFrame) -> pd.DataFrame | None:
+    from .scoring import kendall_tau, roc_auc
+
+    judged = ps[ps["human"].notna()]
+    if len(judged) < 2 or judged["human"].nunique() < 2:
+        return None
+    binary = set(judged["human"].unique()) <= {0.0, 1.0}
+    rows = []
+    for key in METRICS:
+        ok = judged[judged[key].notna()]
+        m, h = ok[key].to_numpy(float), ok["human"].to_numpy(float)
+        auc = math.nan
+        if binary and (h >= 0.5).any() and (h < 0.5).any():
+            auc = float(roc_auc(m[h >= 0.5], m[h < 0.5]))
+        rows.append({"metric": key, "n": len(ok), "kendall_tau_b": _or_nan(kendall_tau, m, h, variant="b"),
+                     "kendall_tau_c": _or_nan(kendall_tau, m, h, variant="c"), "roc_auc": auc})
+    return pd.DataFrame(rows)
+
+
+def _disagreements(ps: pd.DataFrame) -> pd.DataFrame:
+    d = ps[["line", "image", "system", "caption", "clip_s", "pmi"]].copy()
+    d["clip_s_pct"] = ps["clip_s"].rank(pct=True)
+    d["pmi_pct"] = ps["pmi"].rank(pct=True)
+    d["gap"] = (d["pmi_pct"] - d["clip_s_pct"]).abs()
+    return d.sort_values("gap", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def score_candidates(emb, cands: pd.DataFrame, loaded=None, *, prefix: str | None = None,
+                     eps: float = 1e-3) -> ScoreResult:
+    """Score candidates (with a `row` column, from `match_images` or `demo_candidates`)
+    with CLIP-S, RefCLIP-S and PMI, rank the systems and compare the metrics with humans.
+
+    `loaded` is the model that made `emb` (loaded from `emb.model` when None); candidates
+    and references are encoded with `prefix` before them (see `default_prefix`; "" for none).
+    A candidate's references are its image's dataset captions, or the caption indices of a
+    `references` column when the candidates have one, in both cases without any caption
+    equal to the candidate (case and spacing aside). The Gaussian for PMI and MID is fitted
+    on all pairs that may serve as references: every dataset caption, or every caption some
+    `references` list names.
+    """
+    if "row" not in cands.columns:
+        raise ValueError("candidates need a 'row' column (the image's row in the embeddings): "
+                         "use match_images(candidates, dataset, embeddings) first")
+    if len(cands) == 0:
+        raise ValueError("no candidates to score")
+    loaded = _model(emb, loaded)
+    rows = cands["row"].to_numpy(np.int64)
+    captions = [str(c) for c in cands["caption"]]
+    if "references" in cands.columns:
+        given = [list(map(int, r)) for r in cands["references"]]
+        pool = sorted({j for r in given for j in r})
+    else:
+        by_row = _captions_of_rows(emb)
+        given = [by_row[r] for r in rows]
+        pool = None
+    ref_lists = [[j for j in r if not _same_text(emb.captions[j], c)] for r, c in zip(given, captions)]
+    refs = fit_references(emb, loaded, prefix=prefix, eps=eps, pool=pool)
+    vecs, scores = _score(emb, loaded, refs, rows, captions, ref_lists)
+
+    ps = pd.DataFrame({"line": cands["line"].to_numpy() if "line" in cands else np.arange(1, len(cands) + 1),
+                       "image": cands["image"].astype(str).to_numpy(), "row": rows,
+                       "system": cands["system"].astype(str).to_numpy() if "system" in cands else DEFAULT_SYSTEM,
+                       "caption": captions,
+                       "human": cands["human"].astype(float).to_numpy() if "human" in cands else math.nan,
+                       **scores})
+    if "foil_word" in cands.columns:
+        ps["foil_word"] = cands["foil_word"].to_numpy()
+
+    g = refs.gaussian
+    board = []
+    for system, idx in ps.groupby("system", sort=False).indices.items():
+        try:
+            mid = float(g.mid(emb.image[rows[idx]], vecs[idx]))
+        except ValueError:  # too few candidates for a mean
+            mid = math.nan
+        part = ps.iloc[idx]
+        board.append({"system": system, "n": len(idx), "mid": mid, "clip_s": part["clip_s"].mean(),
+                      "refclip_s": part["refclip_s"].mean(), "pmi_mean": part["pmi"].mean(),
+                      "human": part["human"].mean()})
+    leaderboard = pd.DataFrame(board).sort_values("mid", ascending=False, kind="stable").reset_index(drop=True)
+
+    notes = []
+    if g.regularised_:
+        why = (f"{len(refs.pool)} reference pairs are too few for {2 * emb.dim} joint dimensions"
+               if len(refs.pool) <= 2 * emb.dim else
+               f"the {len(refs.pool)} reference pairs span fewer than their {2 * emb.dim} joint dimensions "
+               f"(each image is repeated once per caption, or the features are low-rank)")
+        notes.append(f"MID's reference distribution was regularised (covariances shrunk, eps = {g.eps_used_:.3g}): "
+                     f"{why}. PMI and MID still rank candidates, but their values are not the exact Gaussian "
+                     "ones; more (and more varied) reference pairs make them exact.")
+    no_refs = int(np.isnan(scores["refclip_s"]).sum())
+    if no_refs:
+        notes.append(f"{no_refs} candidates have no reference caption (their image's captions all equal "
+                        "them): RefCLIP-S is blank for them")
+    return ScoreResult(ps, leaderboard, _agreement(ps), _disagreements(ps), bool(g.regularised_),
+                       float(g.eps_used_), refs.prefix, len(refs.pool), notes)
+
+
+def probe(emb, loaded, row: int, caption: str, n_foils: int = 5, seed: int = 0, *,
+          references: References | None = None, prefix: str | None = None, eps: float = 1e-3) -> pd.DataFrame:
+    """The FOIL probe of the MID paper: `caption` for image `row` and up to `n_foils` foils
+    of it (one object or colour word swapped, see `foil_caption`; the shapes world's colours
+    and shapes for the builtin model), each scored with CLIP-S, RefCLIP-S and PMI. A good
+    metric scores the caption above every foil. Columns: caption, kind ("caption", "object"
+    or "colour"), word, replacement, clip_s, refclip_s, pmi; the caption first.
+
+    References are the image's dataset captions other than `caption`; `references` (from
+    `fit_references`) saves encoding and fitting them again on every call."""
+    loaded = _model(emb, loaded)
+    refs = references or fit_references(emb, loaded, prefix=prefix, eps=eps)
+    objects, colours = swap_vocabulary(emb.model)
+    foils, seen = [], {caption}
+    for k in range(20 * n_foils):
+        if len(foils) >= n_foils:
+            break
+        f = foil_caption(caption, random.Random(f"{seed}/{k}\0{caption}"), objects=objects, colours=colours)
+        if f is None:
+            break
+        if f["foil"] not in seen:
+            seen.add(f["foil"])
+            foils.append(f)
+    texts = [caption] + [f["foil"] for f in foils]
+    mine = [j for j in _captions_of_rows(emb)[row]
+            if j in refs.position and not _same_text(emb.captions[j], caption)]
+    _, scores = _score(emb, loaded, refs, np.full(len(texts), row, dtype=np.int64), texts, [mine] * len(texts))
+    out = pd.DataFrame({"caption": texts, "kind": ["caption"] + [f["kind"] for f in foils],
+                        "word": [None] + [f["word"] for f in foils],
+                        "replacement": [None] + [f["replacement"] for f in foils]})
+    for key, values in scores.items():
+        out[key] = values
+    return out
