@@ -250,3 +250,21 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         assert scene.id in first.inner_text()
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "retrieval_upload.png"))
+
+        # Captions: the demo leaderboard, then an uploaded candidates file with one unknown image
+        page.get_by_role("link", name="Captions").click()
+        expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=120_000)
+        expect(page.get_by_role("heading", name="Probe: a caption against its foils")).to_be_attached(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "captions_demo.png"))
+        page.get_by_text("Upload candidates (CSV or JSONL)").click()
+        upload = ARTIFACTS / "candidates.csv"
+        upload.write_text("image,caption,system\n"
+                          "test-000000,a large red triangle in the centre,good\n"
+                          "test-000000,a large blue circle in the corner,bad\n"
+                          "no-such-image,a cat,bad\n")
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(str(upload))
+        expect(page.get_by_text("1 of 3 rows left out")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "captions_upload.png"))
