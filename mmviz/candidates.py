@@ -502,7 +502,8 @@ def _score(emb, loaded, refs: References, rows: np.ndarray, captions: list[str],
 class ScoreResult:
     per_sample: pd.DataFrame  # line, image, row, system, caption, human, clip_s, refclip_s, pmi[, foil_word]
     leaderboard: pd.DataFrame  # system, n, mid, clip_s, refclip_s, pmi_mean, human; best MID first
-    agreement: pd.DataFrame | None  # metric, n, kendall_tau_b, kendall_tau_c, roc_auc; None without human scores
+    agreement: pd.DataFrame | None  # metric, n, kendall_tau_b, kendall_tau_c, roc_auc, pairs, pairwise_accuracy
+    #   (same-image pairs humans scored differently); None without human scores
     disagreements: pd.DataFrame  # candidates by |percentile rank by PMI - by CLIP-S|, largest first
     regularised: bool  # the reference Gaussian needed its covariance regularised (few references)
     eps: float  # the regularisation it used
@@ -519,8 +520,21 @@ def _or_nan(f, *args, **kwargs) -> float:
         return math.nan
 
 
+def _same_image_pairs(judged: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (a, b) in `judged` of every two candidates for one image that humans scored
+    differently: the two-caption comparisons of Pascal-50S."""
+    a, b = [], []
+    for pos in judged.groupby("row").indices.values():
+        for i in range(len(pos)):
+            for j in range(i + 1, len(pos)):
+                if judged["human"].iat[pos[i]] != judged["human"].iat[pos[j]]:
+                    a.append(pos[i])
+                    b.append(pos[j])
+    return np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+
+
 def _agreement(ps: pd.DataFrame) -> pd.DataFrame | None:
-    from .scoring import kendall_tau, roc_auc
+    from .scoring import kendall_tau, pairwise_accuracy, roc_auc
 
     judged = ps[ps["human"].notna()]
     if len(judged) < 2 or judged["human"].nunique() < 2:
@@ -533,8 +547,11 @@ def _agreement(ps: pd.DataFrame) -> pd.DataFrame | None:
         auc = math.nan
         if binary and (h >= 0.5).any() and (h < 0.5).any():
             auc = float(roc_auc(m[h >= 0.5], m[h < 0.5]))
+        a, b = _same_image_pairs(ok)
+        pairwise = float(pairwise_accuracy(m[a], m[b], h[a] > h[b])) if len(a) else math.nan
         rows.append({"metric": key, "n": len(ok), "kendall_tau_b": _or_nan(kendall_tau, m, h, variant="b"),
-                     "kendall_tau_c": _or_nan(kendall_tau, m, h, variant="c"), "roc_auc": auc})
+                     "kendall_tau_c": _or_nan(kendall_tau, m, h, variant="c"), "roc_auc": auc,
+                     "pairs": len(a), "pairwise_accuracy": pairwise})
     return pd.DataFrame(rows)
 
 

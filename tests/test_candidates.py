@@ -266,6 +266,14 @@ def test_agreement_and_disagreements(demo):
     # measured: ROC AUC 0.933 (CLIP-S), 0.946 (RefCLIP-S), 0.932 (PMI); tau-b 0.58, 0.60, 0.58
     assert (agree["roc_auc"] > 0.85).all()
     assert (agree["kendall_tau_b"] > 0.4).all() and (agree["kendall_tau_c"] > agree["kendall_tau_b"]).all()
+    # Pascal-50S style: per image, (ground truth, foil) and (paraphrase, foil): 2 pairs of 60 images.
+    assert (agree["pairs"] == 120).all()
+    ps = res.per_sample
+    for metric in ("clip_s", "pmi"):
+        by = ps.pivot(index="row", columns="system", values=metric)
+        wins = np.concatenate([by["ground truth"] > by["foil"], by["paraphrase"] > by["foil"]]).mean()
+        assert agree.loc[metric, "pairwise_accuracy"] == pytest.approx(wins)  # no exact ties here
+    assert (agree["pairwise_accuracy"] > 0.85).all()
     d = res.disagreements
     assert len(d) == 180 and d["gap"].is_monotonic_decreasing
     top = d.iloc[0]

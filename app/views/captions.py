@@ -95,6 +95,8 @@ def probe_panel(ds, emb, thumbs: dict[str, bytes], prefix: str, eps: float) -> N
         return
     with right:
         show_table(table, ["caption", "kind", "word", "replacement", *SCORES], "cap_probe_table")
+        common.download("Probe (CSV)", table.to_csv(index=False), f"{emb.ids[row]}-probe.csv", "text/csv",
+                        "cap_dl_probe")
         if len(table) == 1:
             st.caption("No object or colour word to swap in this caption.")
         if refs.gaussian.regularised_:
@@ -145,7 +147,16 @@ if cands is not None and len(cands):
     common.download("Leaderboard (CSV)", board.to_csv(index=False), f"{key}-leaderboard.csv", "text/csv", "cap_dl_board")
     if result.agreement is not None:
         st.markdown("**Agreement with the human scores**")
-        st.dataframe(result.agreement, hide_index=True, width="stretch")
+        st.dataframe(result.agreement.replace({"metric": SCORES}), hide_index=True, width="stretch",
+                     column_config={"kendall_tau_b": st.column_config.NumberColumn("Kendall τ-b", format="%.3f"),
+                                    "kendall_tau_c": st.column_config.NumberColumn("Kendall τ-c", format="%.3f"),
+                                    "roc_auc": st.column_config.NumberColumn("ROC AUC (true vs false)", format="%.3f"),
+                                    "pairs": st.column_config.NumberColumn("same-image pairs"),
+                                    "pairwise_accuracy": st.column_config.NumberColumn("pairwise accuracy",
+                                                                                       format="%.3f")})
+        st.caption("Kendall τ against the human scores; ROC AUC when they are 0/1; pairwise accuracy over two "
+                   "candidates of one image that people scored differently (as in Pascal-50S): how often the "
+                   "metric prefers the one people preferred.")
         common.download("Agreement (CSV)", result.agreement.to_csv(index=False), f"{key}-agreement.csv",
                         "text/csv", "cap_dl_agree")
 
