@@ -367,9 +367,10 @@ def cmd_score(ws: Workspace, args) -> int:
                    _num(r.human, 3)] for r in res.leaderboard.itertuples()], right=(1, 2, 3, 4, 5, 6))
     if res.agreement is not None:
         print(f"\nagreement with the human scores ({int(res.per_sample['human'].notna().sum())} judged candidates)")
-        _print_table(["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC"],
+        _print_table(["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC", "PAIRS", "PAIRWISE-ACC"],
                      [[METRICS[r.metric], str(r.n), _num(r.kendall_tau_b, 4), _num(r.kendall_tau_c, 4),
-                       _num(r.roc_auc, 4)] for r in res.agreement.itertuples()], right=(1, 2, 3, 4))
+                       _num(r.roc_auc, 4), str(r.pairs), _num(r.pairwise_accuracy, 4)]
+                      for r in res.agreement.itertuples()], right=(1, 2, 3, 4, 5, 6))
     print("\nwhere PMI and CLIP-S disagree most (percentile ranks among all candidates)")
     _print_table(["LINE", "SYSTEM", "CLIP-S", "CLIP-S-PCT", "PMI", "PMI-PCT", "CAPTION"],
                  [[str(r.line), r.system, _num(r.clip_s, 4), _num(r.clip_s_pct, 2), _num(r.pmi, 2), _num(r.pmi_pct, 2),

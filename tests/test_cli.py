@@ -421,13 +421,13 @@ def test_score_demo_prints_leaderboard_agreement_and_disagreements(demo_home, ca
     assert [b[1] for b in board] == ["40", "40", "40"] and [b[6] for b in board] == ["1.000", "1.000", "0.000"]
     assert float(board[0][3]) > float(board[2][3]) + 0.4  # CLIP-S: ground truth over foil
     i = lines.index("agreement with the human scores (120 judged candidates)")
-    assert lines[i + 1].split() == ["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC"]
+    assert lines[i + 1].split() == ["METRIC", "N", "KENDALL-TAU-B", "KENDALL-TAU-C", "ROC-AUC", "PAIRS", "PAIRWISE-ACC"]
     assert [line.split()[0] for line in lines[i + 2:i + 5]] == ["CLIP-S", "RefCLIP-S", "PMI"]
-    assert all(float(line.split()[-1]) > 0.85 for line in lines[i + 2:i + 5])
+    assert all(float(line.split()[4]) > 0.85 and float(line.split()[-1]) > 0.85 for line in lines[i + 2:i + 5])
     j = lines.index("where PMI and CLIP-S disagree most (percentile ranks among all candidates)")
     assert lines[j + 1].split()[:6] == ["LINE", "SYSTEM", "CLIP-S", "CLIP-S-PCT", "PMI", "PMI-PCT"]
     assert len(lines) == j + 12  # the 10 biggest
-    assert "warning: the reference distribution was regularised" in err and "80 reference pairs" in err
+    assert "warning: MID's reference distribution was regularised" in err and "80 reference pairs" in err
 
     rc, out, err = run(capsys, "--home", home, "score", "shapes-demo", "--demo", "--json")
     assert rc == 0, err
