@@ -54,3 +54,14 @@ def test_upload_path_reports_a_bad_file(app_home, tmp_path):
     # AppTest cannot drive st.file_uploader: the browser test uploads a file on this page.
     assert any("Columns: `image`" in c.value for c in at.caption)
     assert "Leaderboard" not in [h.value for h in at.subheader]  # nothing scored before a file comes
+
+
+def test_a_set_of_imported_vectors_says_scoring_needs_a_loadable_model(app_home, tmp_path):
+    from mmviz.store import Workspace
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "vecs.npy", np.stack([rng.normal(size=(20, 16)), rng.normal(size=(20, 16))]))
+    Workspace(app_home).import_path(tmp_path / "vecs.npy", "vecs")
+    at = open_page("captions")
+    assert any("model that made this set's vectors, `precomputed:vecs`" in w.value for w in at.warning)
+    assert not at.dataframe and "Leaderboard" not in [h.value for h in at.subheader]

@@ -111,6 +111,13 @@ st.caption("Find the captions that are wrong and compare captioning systems. CLI
            "Gaussians to the reference pairs and scores each candidate by point-wise mutual information (PMI), "
            "and a system by its mean: it agrees better with people.")
 ds, emb = common.dataset_and_embeddings("cap")
+try:
+    load_model(emb.model)
+except (ModelSpecError, ModelUnavailable, ValueError) as e:
+    st.warning(f"Scoring captions encodes them with the model that made this set's vectors, `{emb.model}`, "
+               f"and mmviz cannot load it here ({e}). Pick an open_clip model in the sidebar and embed the set "
+               "with it to score captions.", icon=":material/cloud_off:")
+    st.stop()
 key = common.data_key(ds, emb)
 thumbs = common.thumbnails(ds)
 cands = candidates_source(ds, emb)
