@@ -184,33 +184,16 @@ def match_images(cands: pd.DataFrame, ds, emb) -> tuple[pd.DataFrame, list[tuple
     An image value is matched to a dataset id first (a whole number written as 17.0 counts
     as id 17), then to a stored image path, then to a file name (the path's last part; a
     value with folders must end the stored path)."""
-    t = ds.table()
-    row_of_id = {id_: r for r, id_ in enumerate(emb.ids)}
-    ids = set(t["id"])
-    by_path: dict[str, str] = {}
-    by_base: dict[str, list[tuple[str, str]]] = {}
-    for id_, ref in zip(t["id"], t["image"]):
-        if isinstance(ref, str) and ref:
-            by_path[ref] = id_
-            by_base.setdefault(ref.rsplit("/", 1)[-1], []).append((ref, id_))
+    from .store import image_id_finder
 
+    row_of_id = {id_: r for r, id_ in enumerate(emb.ids)}
+    find_id = image_id_finder(ds)
     memo: dict[str, int | str] = {}
 
     def find(value: str) -> int | str:
-        v = value.replace("\\", "/")
-        if v not in ids and re.fullmatch(r"\d+\.0+", v) and v.split(".")[0] in ids:
-            v = v.split(".")[0]  # a spreadsheet's 391895.0 is the image id 391895
-        id_ = v if v in ids else by_path.get(v)
+        id_, why = find_id(value)
         if id_ is None:
-            hits = by_base.get(v.rsplit("/", 1)[-1], [])
-            if "/" in v:
-                hits = [h for h in hits if h[0].endswith("/" + v.lstrip("./"))]
-            if len(hits) > 1:
-                return (f"file name {value!r} fits {len(hits)} images in dataset {ds.name} "
-                        f"({hits[0][1]}, {hits[1][1]}, ...): give the image id instead")
-            id_ = hits[0][1] if hits else None
-        if id_ is None:
-            return f"no image with id or file name {value!r} in dataset {ds.name}"
+            return why
         if id_ not in row_of_id:
             return f"image {id_} of dataset {ds.name} has no embedding (it could not be read)"
         return row_of_id[id_]

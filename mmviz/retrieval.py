@@ -248,7 +248,7 @@ def text_query(loaded, text: str) -> np.ndarray:
     return encode_texts(loaded, [text])[0]
 
 
-def _open_query_image(image):
+def open_query_image(image):
     """A PIL image, path or bytes as an upright RGB PIL image, refused (ValueError) when larger
     than the import limits allow (read from the header, before the pixels are decoded)."""
     from PIL import Image, ImageOps
@@ -273,7 +273,7 @@ def _open_query_image(image):
 def image_query(loaded, image) -> np.ndarray:
     """(d,) unit vector of an image (PIL image, path or bytes), as the dataset's images are
     embedded. Images over ImportLimits.max_pixels (MMVIZ_MAX_PIXELS) raise ValueError."""
-    im = _open_query_image(image)
+    im = open_query_image(image)
     with torch.inference_mode():
         x = loaded.preprocess(im).unsqueeze(0).to(loaded.device, dtype=loaded.dtype)
         feats = loaded.model.encode_image(x)

@@ -478,3 +478,39 @@ class EmbeddingCache:
         if out is None:
             out = np.zeros((len(keys), self.info.get("dim", 0)), dtype=np.float32)
         return out, found
+
+
+def image_id_finder(ds: "Dataset"):
+    """find(image value) -> (dataset id, "") or (None, why): what a user's table names an image
+    by, matched to the dataset's ids: by id (a whole number written as 17.0 counts as id 17),
+    then stored or absolute path, then file name (the path's last part, unique in the dataset;
+    a value with folders must end the stored path)."""
+    t = ds.table()
+    ids = set(t["id"])
+    by_path: dict[str, str] = {}
+    by_base: dict[str, list[tuple[str, str]]] = {}
+    for id_, ref in zip(t["id"], t["image"]):
+        if isinstance(ref, str) and ref:
+            by_path[ref] = id_
+            if Path(ref).is_absolute() or getattr(ds, "path", None) is not None:  # also its full path
+                by_path[str(Path(ref) if Path(ref).is_absolute() else ds.path / ref)] = id_
+            by_base.setdefault(ref.rsplit("/", 1)[-1], []).append((ref, id_))
+
+    def find(value: str) -> tuple[str | None, str]:
+        v = value.replace("\\", "/")
+        if v not in ids and re.fullmatch(r"\d+\.0+", v) and v.split(".")[0] in ids:
+            v = v.split(".")[0]  # a spreadsheet's 391895.0 is the image id 391895
+        id_ = v if v in ids else by_path.get(v)
+        if id_ is not None:
+            return id_, ""
+        hits = by_base.get(v.rsplit("/", 1)[-1], [])
+        if "/" in v:  # a value with folders must end the stored path
+            hits = [h for h in hits if h[0].endswith("/" + v.lstrip("./"))]
+        if len(hits) > 1:
+            return None, (f"file name {value!r} fits {len(hits)} images of dataset {ds.name} ({hits[0][1]}, "
+                          f"{hits[1][1]}, ...): give the image id instead")
+        if hits:
+            return hits[0][1], ""
+        return None, f"no image with id or file name {value!r} in dataset {ds.name}"
+
+    return find

@@ -327,7 +327,7 @@ def test_match_reports_ambiguous_names_and_unembedded_images(demo):
     cands = pd.DataFrame({"image": ["x.png", "b/x.png", "y.png", emb.ids[1], "17.0"], "line": [1, 2, 3, 4, 5]})
     matched, unmatched = match_images(cands, ds, emb)
     assert matched["row"].tolist() == [1, 1, 2] and matched["line"].tolist() == [2, 4, 5]
-    assert unmatched[0][0] == 1 and "fits 2 images in dataset fake" in unmatched[0][1] and "image id" in unmatched[0][1]
+    assert unmatched[0][0] == 1 and "fits 2 images of dataset fake" in unmatched[0][1] and "image id" in unmatched[0][1]
     assert unmatched[1] == (3, "image gone of dataset fake has no embedding (it could not be read)")
 
 
