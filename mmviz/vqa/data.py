@@ -252,21 +252,30 @@ class AnswerVocab:
             raise DataFormatError(path, f"not an answer vocabulary ({e})", 'JSON {"answers": [...], "counts": [...]}') from e
 
 
+def _agreeing(n_answers: int) -> float:
+    """Humans needed for full credit: 3 (VQA's rule) when there are at least 3 answers; with
+    fewer (a plain triple has one), all of them, so a single given answer counts as 1, not 1/3."""
+    return float(min(3, max(n_answers, 1)))
+
+
 def soft_targets(answers: list[str], vocab: AnswerVocab) -> np.ndarray:
     """Soft VQA targets (len(vocab),) float32: min(#humans giving a / 3, 1) for each answer a
-    in the vocabulary. This is the standard simplified form of the VQA accuracy (the official
-    one averages the same quantity over the ten leave-one-out subsets of the humans)."""
+    in the vocabulary (3 replaced by the number of answers when there are fewer; see
+    `_agreeing`). This is the standard simplified form of the VQA accuracy (the official one
+    averages the same quantity over the ten leave-one-out subsets of the humans)."""
     t = np.zeros(len(vocab), dtype=np.float32)
+    need = _agreeing(len(answers))
     for a, n in Counter(answers).items():
         i = vocab.index.get(a)
         if i is not None:
-            t[i] = min(n / 3.0, 1.0)
+            t[i] = min(n / need, 1.0)
     return t
 
 
 def vqa_accuracy(predicted: list[str], answers: list[list[str]]) -> float:
     """Mean over questions of min(#humans who gave the predicted answer / 3, 1), both sides
-    normalised with `normalize_answer` (the simplified form, as in `soft_targets`)."""
+    normalised with `normalize_answer` (the simplified form, as in `soft_targets`, with the
+    same rule for fewer than 3 answers: a plain triple scores 1 for the right answer)."""
     if len(predicted) != len(answers):
         raise ValueError(f"{len(predicted)} predictions for {len(answers)} questions")
     if not predicted:
@@ -274,7 +283,7 @@ def vqa_accuracy(predicted: list[str], answers: list[list[str]]) -> float:
     scores = []
     for p, human in zip(predicted, answers):
         p = normalize_answer(p)
-        scores.append(min(sum(normalize_answer(h) == p for h in human) / 3.0, 1.0))
+        scores.append(min(sum(normalize_answer(h) == p for h in human) / _agreeing(len(human)), 1.0))
     return float(np.mean(scores))
 
 
