@@ -152,13 +152,23 @@ def train(out_dir: str | Path = BUILTIN_DIR, progress: Callable[[int, int, float
 
 
 def make_demo(workspace, n: int = 600, seed: int = 0, name: str = DEMO_NAME):
-    """Import a shapes-world test set as dataset `name` (a few seconds), unless present."""
+    """Import a shapes-world test set as dataset `name` (a few seconds), unless present, with
+    the scenes' VQA questions attached (`mmviz.vqa.questions`; seeded 80/20 split by image)."""
     import tempfile
 
+    from .vqa.data import shapes_examples
+    from .vqa.questions import attach, questions_path
+
+    label = f"shapes world (seed {seed}, test split, {{n}} scenes)"
     if workspace.exists(name):
-        return workspace.open(name)
+        ds = workspace.open(name)
+        # A demo made before questions existed gets them (same scenes: same seed and size).
+        if ds.report.source == label.format(n=len(ds)) and not questions_path(workspace, name).exists():
+            attach(workspace, ds, shapes_examples(synthetic.make_world(0, 0, len(ds), seed=seed)["test"]), seed=seed)
+        return ds
     scenes = synthetic.make_world(0, 0, n, seed=seed)["test"]
     with tempfile.TemporaryDirectory(prefix="mmviz-demo-") as tmp:
         folder = synthetic.write_imagefolder(scenes, Path(tmp) / name)
-        return workspace.import_path(folder, name, copy_images=True,
-                                     source_label=f"shapes world (seed {seed}, test split, {n} scenes)").dataset
+        ds = workspace.import_path(folder, name, copy_images=True, source_label=label.format(n=n)).dataset
+    attach(workspace, ds, shapes_examples(scenes), seed=seed)  # image = scene id = dataset id
+    return ds

@@ -1,5 +1,5 @@
 """The `mmviz` command line: import, list, show, delete datasets; embed, measure, search,
-transform, score captions; launch the app."""
+transform, score captions; attach VQA questions and train answer heads; launch the app."""
 from __future__ import annotations
 
 import argparse
@@ -426,6 +426,120 @@ def cmd_builtin_train(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
+def cmd_builtin_train_vqa(ws: Workspace, args) -> int:
+    from .vqa import builtin as vqa_builtin
+
+    def say(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    m = vqa_builtin.train_builtin(args.out, seed=args.seed, epochs=args.epochs, progress=say)
+    acc = m["val_accuracy"]
+    types = list(m["n_val_by_type"])
+    print(f"wrote {args.out} in {m['wall_seconds']:.0f} s; validation accuracy ({m['questions']['val']} questions):")
+    _print_table(["HEAD", "OVERALL", *[t.upper() for t in types]],
+                 [[h, f"{acc[h]['overall']:.3f}", *[f"{acc[h][t]:.3f}" for t in types]] for h in acc],
+                 right=tuple(range(1, len(types) + 2)))
+    g = m["grounding"]["overall"]
+    print(f"BAN attention on the object's box (questions about one object, n {g['n']}): more than half the mass "
+          f"for {g['fraction_most_on_box']:.3f}, mean mass {g['mean_mass_on_box']:.3f}, chance {g['chance']:.3f}")
+    return EXIT_OK
+
+
+def cmd_vqa_questions(ws: Workspace, args) -> int:
+    from .vqa.questions import attach
+
+    if args.annotations and not args.images:
+        return _err("VQA v2 questions (--annotations) need the COCO images folder too: --images DIR")
+    try:
+        ds = ws.open(args.name)
+        rep = attach(ws, ds, args.file, annotations=args.annotations, images=args.images, seed=args.seed)
+    except KeyError as e:
+        return _err(e.args[0])
+    except (DataFormatError, ValueError, OSError) as e:
+        return _err(str(e))
+    print(f"{rep.summary()}; written to {rep.path}")
+    for what, rows in (("skipped", rep.skipped), ("unmatched", rep.unmatched)):
+        for line, why in rows[:20]:
+            print(f"  {what} line {line}: {why}")
+        if len(rows) > 20:
+            print(f"  ... and {len(rows) - 20} more {what} rows")
+    return EXIT_OK
+
+
+def _vqa_features(ws: Workspace, ds, loaded, examples, quiet: bool):
+    """The examples (image = dataset id) with their image files, and their cached tokens."""
+    from .vqa.data import FeatureCache, VQAExample
+
+    with_files = []
+    for ex in examples:
+        path = ds.image_path(ex.image)
+        if path is None:
+            raise _Fail(f"image {ex.image} of {ds.name} has no file (a set of imported vectors cannot train a "
+                        "VQA head: it needs the images' patch tokens)")
+        with_files.append(VQAExample(str(path), ex.question, ex.answers, ex.question_type, ex.answer, ex.line))
+    bars: dict[str, _Bar] = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        bars.setdefault(stage, _Bar(f"{loaded.name} {stage} tokens", quiet))(done, total)
+
+    try:
+        return FeatureCache(ws.home, loaded.fingerprint).features(loaded, with_files, progress)
+    finally:
+        for b in bars.values():
+            b.close()
+
+
+def cmd_vqa_train(ws: Workspace, args) -> int:
+    from .models import ModelSpecError, ModelUnavailable, load_model
+    from .vqa.builtin import save_head
+    from .vqa.questions import question_splits, run_dir
+    from .vqa.train import TrainConfig, train
+
+    try:
+        ds = ws.open(args.name)
+        splits = question_splits(ws, ds)
+        if not splits or not (splits[0] or splits[1]):
+            raise _Fail(f"{ds.name} has no VQA questions; attach some first: mmviz vqa questions {ds.name} FILE")
+        train_ex, val_ex = splits
+        if not train_ex or not val_ex:
+            raise _Fail(f"{ds.name}'s questions have {len(train_ex)} training and {len(val_ex)} validation rows; "
+                        "both splits need some (attach them again: mmviz vqa questions, split column train/val)")
+        try:
+            loaded = load_model(args.model)
+        except (ModelSpecError, ModelUnavailable, ValueError) as e:
+            raise _Fail(f"model {args.model} cannot be loaded: {e}") from None
+        f_train = _vqa_features(ws, ds, loaded, train_ex, args.quiet)
+        f_val = _vqa_features(ws, ds, loaded, val_ex, args.quiet)
+    except KeyError as e:
+        return _err(e.args[0])
+    except (_Fail, DataFormatError, ValueError) as e:  # ValueError: e.g. a model without patch tokens
+        return _err(str(e))
+    config = TrainConfig(head=args.head, hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    print(f"{ds.name} under {args.model}: {args.head} head, {len(train_ex)} training and {len(val_ex)} validation "
+          f"questions, {config.epochs} epoch{'s' * (config.epochs != 1)}")
+
+    def epoch_done(epoch: int, epochs: int, m: dict) -> None:
+        types = "  ".join(f"{t or '-'} {a:.3f}" for t, a in m["val_by_type"].items())
+        print(f"epoch {epoch}/{epochs}: loss {m['train_loss']:.4f}, val {m['val_accuracy']:.3f}  ({types})", flush=True)
+
+    try:
+        result = train(train_ex, val_ex, f_train, f_val, config, progress=epoch_done)
+    except ValueError as e:
+        return _err(str(e))
+    folder = save_head(result, run_dir(ws, ds.name, args.head, loaded.fingerprint, args.seed), args.model)
+    counts: dict[str, int] = {}
+    for ex in val_ex:
+        counts[ex.question_type] = counts.get(ex.question_type, 0) + 1
+    rows = [[t or "-", str(counts.get(t, 0)), f"{a:.3f}", f"{result.majority_by_type.get(t, 0.0):.3f}"]
+            for t, a in result.val_by_type.items()]
+    rows.append(["all", str(len(val_ex)), f"{result.val_accuracy:.3f}", f"{result.majority_accuracy:.3f}"])
+    print(f"\nvalidation accuracy ({args.head} vs the majority answer per question type)")
+    _print_table(["TYPE", "N", args.head.upper(), "MAJORITY"], rows, right=(1, 2, 3))
+    print(f"saved {folder}")
+    return EXIT_OK
+
+
 def _dataset_and_model(s: argparse.ArgumentParser,
                        model_help: str = "model spec (default builtin:shapes; a set of imported vectors uses its own)",
                        ) -> None:
@@ -555,6 +669,47 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="seed (default 0)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_builtin_train)
+    from .vqa.builtin import DEFAULTS as VQA_DEFAULTS, VQA_DIR
+
+    t = bsub.add_parser("train-vqa", help="retrain the builtin model's VQA head on the shapes world (CPU, ~10 min)",
+                        description="Reproduce assets/builtin-shapes/vqa/ (the BAN head and metrics.json): trains "
+                                    "BAN, concat and Hadamard heads on builtin:shapes tokens of the shapes world "
+                                    "and saves BAN.")
+    t.add_argument("--out", default=str(VQA_DIR), help=f"output folder (default {VQA_DIR})")
+    t.add_argument("--seed", type=int, help=f"seed (default {VQA_DEFAULTS['seed']})")
+    t.add_argument("--epochs", type=int, help=f"epochs per head (default {VQA_DEFAULTS['epochs']})")
+    t.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    t.set_defaults(func=cmd_builtin_train_vqa)
+
+    s = sub.add_parser("vqa", help="visual question answering: attach questions to a dataset, train a head")
+    vsub = s.add_subparsers(dest="vqa_command", metavar="COMMAND")
+    vsub.required = True
+    t = vsub.add_parser("questions", help="attach VQA questions to a dataset (replaces those attached before)",
+                        description="Read question-answer rows and attach those whose image is in the dataset "
+                                    "(matched by id, then file name). FILE is a CSV/TSV/JSONL/Parquet table with "
+                                    "columns image, question, answer and optionally question_type and split "
+                                    "(train/val; else a seeded 80/20 split by image), or, with --annotations, a "
+                                    "VQA v2 questions JSON.")
+    t.add_argument("name", help="dataset name")
+    t.add_argument("file", help="triples table, or VQA v2 questions JSON")
+    t.add_argument("--annotations", metavar="FILE", help="VQA v2 annotations JSON (FILE is then the questions JSON)")
+    t.add_argument("--images", metavar="DIR", help="the COCO images folder VQA v2 questions refer to")
+    t.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split when there is no split column")
+    t.set_defaults(func=cmd_vqa_questions)
+    from .vqa.model import HEADS
+
+    t = vsub.add_parser("train", help="train an answer head on a dataset's questions (frozen CLIP tokens, cached)",
+                        description="Compute (or reuse) the model's patch and word tokens for the dataset's "
+                                    "questions, train a head on the train split, print the validation accuracy "
+                                    "per question type each epoch and against the majority answer at the end, and "
+                                    "save it under <home>/vqa/NAME/runs/.")
+    _dataset_and_model(t, "CLIP model spec whose tokens the head reads (default builtin:shapes)")
+    t.add_argument("--head", choices=HEADS, default="ban", help="answer head (default ban)")
+    t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
+    t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    t.add_argument("--hidden", type=int, default=128, help="hidden size (default 128)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_vqa_train)
 
     s = sub.add_parser("app", help="launch the browser app (binds to 127.0.0.1 unless --host is given)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")

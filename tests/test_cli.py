@@ -209,7 +209,8 @@ def test_usage_errors_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
-                                 "builtin train", "gap", "search", "transform", "score"])
+                                 "builtin train", "builtin train-vqa", "gap", "search", "transform", "score", "vqa",
+                                 "vqa questions", "vqa train"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main((sub.split() if sub else []) + ["--help"])
@@ -221,7 +222,7 @@ def test_help_exits_0(sub, capsys):
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "gap", "import", "list", "models", "score",
-                                   "search", "show", "transform"]
+                                   "search", "show", "transform", "vqa"]
 
 
 def _console_script() -> str:
@@ -488,3 +489,72 @@ def test_score_needs_one_source_of_candidates(argv, capsys):
         main(argv)
     assert e.value.code == 2
     assert "usage: mmviz score" in capsys.readouterr().err
+
+
+# -----------------------------------------------------------------------------------------
+# vqa: questions attached to a dataset, heads trained on them
+
+
+def test_vqa_train_on_the_demo_prints_the_table_and_saves_the_head(demo_home, capsys):
+    home, _ = demo_home
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "shapes-demo", "--epochs", "1", "--hidden", "32", "-q")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("shapes-demo under builtin:shapes: ban head, ") and lines[0].endswith(", 1 epoch")
+    assert lines[1].startswith("epoch 1/1: loss ") and "relation" in lines[1]
+    i = lines.index("validation accuracy (ban vs the majority answer per question type)")
+    assert lines[i + 1].split() == ["TYPE", "N", "BAN", "MAJORITY"]
+    types = [line.split()[0] for line in lines[i + 2:i + 7]]
+    assert types == ["colour", "count", "exists", "relation", "shape"] and lines[i + 7].split()[0] == "all"
+    folder = Path(lines[-1].removeprefix("saved "))
+    assert folder.parent == home / "vqa" / "shapes-demo" / "runs" and folder.name.startswith("ban-")
+    assert folder.name.endswith("-s0") and len(folder.name) == len("ban-") + 10 + len("-s0")
+    for name in ("model.safetensors", "vocab.json", "config.json", "history.json"):
+        assert (folder / name).is_file()
+    doc = json.loads((folder / "config.json").read_text())
+    assert doc["clip_model"] == "builtin:shapes" and doc["hidden"] == 32 and doc["epochs"] == 1
+    # the second run reuses the cached tokens and writes its own run folder
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "shapes-demo", "--epochs", "1", "--hidden", "32",
+                       "--head", "concat", "--seed", "2", "-q")
+    assert rc == 0, err
+    assert (home / "vqa" / "shapes-demo" / "runs" / folder.name.replace("ban-", "concat-").replace("-s0", "-s2")
+            / "model.safetensors").is_file()
+
+
+def test_vqa_train_errors(demo_home, tmp_path, capsys):
+    home = tmp_path / "home"
+    csv = make_table(tmp_path / "src", n=3)
+    assert main(["--home", str(home), "import", str(csv), "--name", "cats", "-q"]) == 0
+    capsys.readouterr()
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "cats")
+    assert rc == 1 and out == ""
+    assert "mmviz: error: cats has no VQA questions; attach some first: mmviz vqa questions cats FILE" in err
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "nope")
+    assert rc == 1 and "mmviz: error: no dataset named 'nope'" in err
+    rc, out, err = run(capsys, "--home", demo_home[0], "vqa", "train", "shapes-demo", "--model", "hf-hub:nobody/none")
+    assert rc == 1 and "mmviz: error: model hf-hub:nobody/none cannot be loaded" in err
+
+
+def test_vqa_questions_attaches_a_table(tmp_path, capsys):
+    from mmviz.builtin import make_demo
+    from mmviz.store import Workspace
+    from mmviz.vqa.questions import questions
+
+    home = tmp_path / "home"
+    ds = make_demo(Workspace(home), n=10)
+    f = tmp_path / "q.csv"
+    f.write_text("image,question,answer\ntest-000001,what colour?,red\ntest-000002.png,how many?,two\n"
+                 "nope.png,what?,x\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "vqa", "questions", "shapes-demo", f)
+    assert rc == 0, err
+    assert out.startswith("shapes-demo: kept 2 questions (1 train, 1 val), skipped 0 rows, 1 unmatched images; "
+                          f"written to {home / 'vqa' / 'shapes-demo' / 'questions.jsonl'}")
+    assert "  unmatched line 4: no image with id or file name 'nope.png' in dataset shapes-demo" in out
+    assert [q.question for q in questions(Workspace(home), ds)] == ["what colour?", "how many?"]
+    f.write_text("image,question,answer\nnope.png,what?,x\n", "utf-8")
+    rc, out, err = run(capsys, "--home", home, "vqa", "questions", "shapes-demo", f)
+    assert rc == 1 and "mmviz: error: no question matched an image of dataset shapes-demo (line 2: " in err
+    rc, out, err = run(capsys, "--home", home, "vqa", "questions", "shapes-demo", tmp_path / "none.csv")
+    assert rc == 1 and "none.csv: no such file" in err
+    rc, out, err = run(capsys, "--home", home, "vqa", "questions", "shapes-demo", f, "--annotations", f)
+    assert rc == 1 and "need the COCO images folder too: --images DIR" in err
