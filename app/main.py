@@ -14,7 +14,8 @@ pages = {
     "Close the gap": [st.Page("views/transforms.py", title="Transforms", icon=":material/compress:"),
                       st.Page("views/mixup.py", title="Mixup", icon=":material/blur_linear:"),
                       st.Page("views/retrieval.py", title="Retrieval", icon=":material/search:")],
-    "Evaluate": [st.Page("views/captions.py", title="Captions", icon=":material/rate_review:")],
+    "Evaluate": [st.Page("views/captions.py", title="Captions", icon=":material/rate_review:"),
+                 st.Page("views/vqa.py", title="VQA", icon=":material/quiz:")],
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works

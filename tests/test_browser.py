@@ -268,3 +268,15 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.get_by_role("heading", name="Leaderboard")).to_be_visible(timeout=60_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "captions_upload.png"))
+
+        # VQA: ask the shipped BAN head about a demo image and see its answers and attention maps
+        page.get_by_role("link", name="VQA").click()
+        expect(page.get_by_role("heading", name="VQA", exact=True)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Top answers")).to_be_visible(timeout=60_000)
+        box = page.get_by_label("Question")
+        box.fill("how many shapes are there?")
+        box.press("Enter")
+        expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)  # answers, overlay, words x patches
+        expect(page.get_by_text("Words by patches, averaged over glimpses")).to_be_attached(timeout=60_000)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "vqa.png"), full_page=True)
