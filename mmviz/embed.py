@@ -332,22 +332,46 @@ def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
             "cache_path": str(cache.path)}
 
 
-def image_tokens(loaded: LoadedModel, images) -> tuple[np.ndarray, np.ndarray]:
+def image_tokens(loaded: LoadedModel, images, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Patch-token features of preprocessed images (B, 3, H, W): (tokens (B, P, W) float32,
-    mask (B, P) bool). Tokens are the vision transformer's last-layer outputs for each
-    patch (class token excluded), before pooling and projection; the regions for BAN."""
+    mask (B, P) bool), the class token excluded, before pooling and projection; the regions
+    for BAN.
+
+    `layer` None: the vision transformer's last-layer outputs as its forward gives them (after
+    ln_post, for open_clip's default pooling). An int k (0 <= k <= the number of residual
+    blocks): the tokens after the first k blocks of `visual.transformer.resblocks`, run with
+    the ViT's own embedding steps (conv1, flatten, class token + positional embedding, patch
+    dropout, ln_pre, as open_clip's VisionTransformer._embeds) and WITHOUT ln_post, so k equal
+    to the number of blocks is the last layer's tokens before ln_post (the raw residual
+    stream; intermediate layers have no final norm of their own)."""
     import torch
 
     visual = loaded.model.visual
     if not hasattr(visual, "output_tokens"):
         raise ValueError(f"{loaded.name}: patch tokens need a vision transformer, not {type(visual).__name__}")
-    old = visual.output_tokens
-    visual.output_tokens = True
-    try:
+    x = images.to(loaded.device, dtype=loaded.dtype)
+    if layer is None:
+        old = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            with torch.inference_mode():
+                _, tokens = visual(x)
+        finally:
+            visual.output_tokens = old
+    else:
+        blocks = visual.transformer.resblocks
+        if not hasattr(visual, "_embeds") or not 0 <= layer <= len(blocks):
+            raise ValueError(f"{loaded.name}: layer {layer} is not one of 0..{len(blocks)} of its vision transformer")
         with torch.inference_mode():
-            _, tokens = visual(images.to(loaded.device, dtype=loaded.dtype))
-    finally:
-        visual.output_tokens = old
+            h = visual._embeds(x)  # (B, 1 + P, W): class token first
+            batch_first = getattr(visual.transformer, "batch_first", True)
+            if not batch_first:
+                h = h.transpose(0, 1)
+            for block in blocks[:layer]:
+                h = block(h)
+            if not batch_first:
+                h = h.transpose(0, 1)
+            tokens = h[:, 1:]
     tokens = tokens.float().cpu().numpy()
     return tokens, np.ones(tokens.shape[:2], dtype=bool)
 

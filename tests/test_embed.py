@@ -291,3 +291,39 @@ def test_token_features_pool_to_the_embeddings(spec):
     assert ptok.shape == (3, 64, 128) and pmask.all()  # (64 / 8)^2 patches of width 128
     assert not np.allclose(ptok[0], ptok[1])
     assert lm.model.visual.output_tokens is False  # the model is left as it was
+
+
+def test_image_tokens_of_an_earlier_layer(spec):
+    """layer=None is the last layer as the ViT's forward gives it (unchanged); layer=k runs
+    the ViT's own embedding steps and its first k blocks, without ln_post: k = all blocks is
+    the last layer's tokens before ln_post, and 0 <= k <= blocks is checked."""
+    from mmviz.embed import image_tokens
+
+    lm = load_model(spec)
+    visual = lm.model.visual
+    scenes = synthetic.make_world(0, 0, 2, seed=3)["test"]
+    x = torch.stack([lm.preprocess(s.render()) for s in scenes])
+    with torch.no_grad():
+        visual.output_tokens = True
+        try:
+            _, ref = visual(x)  # what image_tokens gave before the option existed
+        finally:
+            visual.output_tokens = False
+    last, _ = image_tokens(lm, x)
+    np.testing.assert_array_equal(last, ref.numpy())
+    n = len(visual.transformer.resblocks)
+    raw, mask = image_tokens(lm, x, layer=n)
+    assert raw.shape == last.shape and mask.all()
+    with torch.no_grad():
+        np.testing.assert_allclose(visual.ln_post(torch.from_numpy(raw)).numpy(), last, atol=1e-5)
+    with torch.no_grad():  # layer 0: the embedded patches (conv1 + positions, ln_pre), no block
+        e = visual.ln_pre(torch.cat([visual.class_embedding.view(1, 1, -1).expand(2, -1, -1),
+                                     visual.conv1(x).flatten(2).transpose(1, 2)], dim=1)
+                          + visual.positional_embedding)
+    np.testing.assert_allclose(image_tokens(lm, x, layer=0)[0], e[:, 1:].numpy(), atol=1e-5)
+    mid, _ = image_tokens(lm, x, layer=1)
+    assert mid.shape == last.shape and not np.allclose(mid, raw)
+    for bad in (-1, n + 1):
+        with pytest.raises(ValueError, match="layer"):
+            image_tokens(lm, x, layer=bad)
+    assert visual.output_tokens is False

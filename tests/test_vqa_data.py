@@ -214,3 +214,29 @@ def test_feature_cache_bounds_images_by_import_limits(tmp_path, shapes_model, ma
     with pytest.raises(DataFormatError, match="image too large"):
         cache.features(shapes_model, ex, limits=ImportLimits(max_pixels=100))
     assert cache.computed == {"images": 0, "questions": 1}  # what could be done is cached
+
+
+def test_feature_cache_keys_the_layer(tmp_path, shapes_model):
+    """Tokens of another layer go to another folder and never mix with the last layer's."""
+    import torch
+    from PIL import Image
+
+    from mmviz.embed import image_tokens
+
+    scenes = synthetic.make_world(2, 0, 0, seed=5)["train"]
+    ex = shapes_examples(scenes, tmp_path / "images")[:3]
+    last = FeatureCache(tmp_path / "home", shapes_model.fingerprint)
+    early = FeatureCache(tmp_path / "home", shapes_model.fingerprint, layer=1)
+    assert early.path != last.path and early.layer == 1 and last.layer is None
+    v_last = last.features(shapes_model, ex)[0]
+    v1 = early.features(shapes_model, ex)[0]
+    assert early.computed["images"] == last.computed["images"] > 0  # nothing reused across layers
+    x = torch.stack([shapes_model.preprocess(Image.open(e.image).convert("RGB")) for e in ex])
+    ref, _ = image_tokens(shapes_model, x, layer=1)
+    np.testing.assert_allclose(v1, ref, atol=1e-3 * max(1.0, float(np.abs(ref).max())))
+    assert not np.allclose(v1, v_last, atol=1e-2)
+    again = FeatureCache(tmp_path / "home", shapes_model.fingerprint, layer=1)
+    np.testing.assert_array_equal(again.features(shapes_model, ex)[0], v1)
+    assert again.computed["images"] == 0
+    with pytest.raises(ValueError, match="layer"):
+        FeatureCache(tmp_path / "home", shapes_model.fingerprint, layer=-1)

@@ -338,12 +338,18 @@ class FeatureCache(EmbeddingCache):
 
     Built on EmbeddingCache for the shard index (`missing`, `__len__`); `put`/`get` take and
     give tokens with masks instead of vectors.
+
+    `layer` is `image_tokens`'s: None (the last layer) keeps the folder above; an int k caches
+    under `<fingerprint>-layer<k>/` instead, so tokens of different layers never mix.
     """
 
-    def __init__(self, workspace_home: str | os.PathLike | Workspace, fingerprint: str):
+    def __init__(self, workspace_home: str | os.PathLike | Workspace, fingerprint: str, layer: int | None = None):
         home = workspace_home.home if isinstance(workspace_home, Workspace) else Path(workspace_home)
         super().__init__(Workspace(home), fingerprint)
-        self.path = home / "vqa-features" / fingerprint
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
+            raise ValueError(f"layer must be None or an int >= 0, not {layer!r}")
+        self.layer = layer
+        self.path = home / "vqa-features" / (fingerprint if layer is None else f"{fingerprint}-layer{layer}")
         self.computed = {"images": 0, "questions": 0}  # what the last `features` call computed
 
     def put(self, modality: str, keys: list[str], tokens: np.ndarray, mask: np.ndarray) -> None:  # type: ignore[override]
@@ -447,7 +453,7 @@ class FeatureCache(EmbeddingCache):
                     tensors.append(loaded.preprocess(ImageOps.exif_transpose(im).convert("RGB")))
                 batch_keys.append(k)
             if tensors:
-                tok, mask = image_tokens(loaded, torch.stack(tensors))
+                tok, mask = image_tokens(loaded, torch.stack(tensors), layer=self.layer)
                 self.put("image", batch_keys, tok, mask)
                 self.computed["images"] += len(batch_keys)
             if progress:
