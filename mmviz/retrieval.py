@@ -160,6 +160,28 @@ def _pairs(images, texts, text_owner) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return images, texts, owner.astype(np.int64)
 
 
+def _topk_both_ways(a: np.ndarray, b: np.ndarray, k: int, chunk: int = 4096,
+                    device="auto") -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the k nearest rows of b for each row of a, and of a for each row of b, best
+    first, from one pass over the a x b scores (unit rows in): each block's rows give a's top k,
+    and its columns' top k are merged into a running top k per row of b. Half the products of
+    two `topk` calls, for recall in both directions."""
+    ka, kb = min(k, len(b)), min(k, len(a))
+    rows, best_v, best_i = [], None, None
+    for start, stop, sims in _score_blocks(a, b, chunk, _device(device)):
+        rows.append(sims.topk(ka, dim=1).indices.cpu().numpy())
+        v, i = sims.topk(min(kb, stop - start), dim=0)  # (<= k, len(b)): this block's best per column
+        i = i + start
+        if best_v is not None:
+            v, i = torch.cat([best_v, v]), torch.cat([best_i, i])
+            top = v.topk(min(kb, len(v)), dim=0)
+            v, i = top.values, torch.gather(i, 0, top.indices)
+        best_v, best_i = v, i  # new tensors: the score buffer is reused by the next block
+    empty = np.zeros((0, ka), dtype=np.int64)
+    cols = best_i.T.cpu().numpy() if best_i is not None else np.zeros((len(b), 0), dtype=np.int64)
+    return (np.concatenate(rows) if rows else empty), cols
+
+
 def recall_at_k(images, texts, k=(1, 5, 10), text_owner=None, *, device="auto") -> dict:
     """Image->text and text->image recall@k.
 
@@ -173,8 +195,11 @@ def recall_at_k(images, texts, k=(1, 5, 10), text_owner=None, *, device="auto") 
     ks = [k] if isinstance(k, numbers.Integral) else [int(v) for v in k]
     if not ks or min(ks) < 1:
         raise ValueError(f"k must be positive, got {k}")
-    i2t = owner[topk(images, texts, max(ks), device=device)[1]]  # owners of the retrieved captions
-    t2i = topk(texts, images, max(ks), device=device)[1]
+    if faiss_available() and max(len(images), len(texts)) >= FAISS_MIN_KEYS:
+        i2t_idx, t2i = topk(images, texts, max(ks), device=device)[1], topk(texts, images, max(ks), device=device)[1]
+    else:
+        i2t_idx, t2i = _topk_both_ways(images, texts, max(ks), device=device)
+    i2t = owner[i2t_idx]  # owners of the retrieved captions
     i2t_hit = i2t == np.arange(len(images))[:, None]
     t2i_hit = t2i == owner[:, None]
     out = {"i2t": {v: float(i2t_hit[:, :v].any(axis=1).mean()) for v in ks},

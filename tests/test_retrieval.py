@@ -317,3 +317,16 @@ def test_image_query_refuses_oversize_images(loaded, tmp_path, monkeypatch):
     assert retrieval.image_query(loaded, path).shape == (loaded.embed_dim,)
     with pytest.raises(ValueError, match="unreadable image"):
         retrieval.image_query(loaded, b"not an image")
+
+
+def test_one_pass_both_ways_equals_two_topk_calls():
+    from mmviz.retrieval import _topk_both_ways, _unit
+
+    rng = np.random.default_rng(7)
+    a, b = _unit(rng.normal(size=(300, 16))), _unit(rng.normal(size=(70, 16)))
+    for chunk in (1000, 64, 7):  # one block, several, and blocks smaller than k
+        rows, cols = _topk_both_ways(a, b, 10, chunk=chunk)
+        np.testing.assert_array_equal(rows, topk(a, b, 10, backend="numpy")[1])
+        np.testing.assert_array_equal(cols, topk(b, a, 10, backend="numpy")[1])
+    rows, cols = _topk_both_ways(a[:3], b, 10)  # fewer rows of a than k
+    np.testing.assert_array_equal(cols, topk(b, a[:3], 10, backend="numpy")[1])
