@@ -10,7 +10,7 @@ import pytest
 from mmviz import synthetic
 from mmviz.models import load_model
 from mmviz.store import Workspace
-from mmviz.vqa.builtin import VQA_DIR, box_patches, grounding, patch_boxes, train_builtin
+from mmviz.vqa.builtin import DEFAULTS, VQA_DIR, box_patches, grounding, patch_boxes, train_builtin
 from mmviz.vqa.data import FeatureCache, shapes_examples, vqa_accuracy
 from mmviz.vqa.questions import attach, question_splits, questions, questions_path
 from mmviz.vqa.train import answer, load
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def fresh_val(tmp_path_factory, one_torch_thread):
-    """Validation scenes of a shapes world with another seed than the shipped head's (0), their
+    """Validation scenes of a shapes world with another seed than the shipped head's (2), their
     questions and builtin:shapes tokens: (scenes, examples, features)."""
     tmp = tmp_path_factory.mktemp("vqa-fresh")
     scenes = synthetic.make_world(0, 150, 0, seed=11)["val"]
@@ -35,10 +35,11 @@ def _per_type(predicted, examples) -> dict[str, float]:
                             [ex.answers for ex in examples if ex.question_type == t]) for t in types}
 
 
-# Measured on this set (seed 11, 150 scenes, 809 questions), shipped head vs the best constant
-# answer per type: colour 0.761 vs 0.197, shape 0.609 vs 0.297, count 0.873 vs 0.347, exists
-# 0.853 vs 0.513, relation 0.491 vs 0.570 (relation is not learned: not asserted); overall 0.758.
-MARGIN = {"colour": 0.4, "shape": 0.2, "count": 0.35, "exists": 0.2}
+# Measured on this set (seed 11, 150 scenes, 809 questions; never used to train or pick the
+# shipped head), shipped head vs the best constant answer per type: colour 0.872 vs 0.197,
+# shape 0.836 vs 0.297, count 0.893 vs 0.347, exists 0.933 vs 0.513, relation 0.500 vs 0.570
+# (relation is not learned: not asserted); overall 0.833.
+MARGIN = {"colour": 0.5, "shape": 0.4, "count": 0.4, "exists": 0.3}
 
 
 def test_shipped_head_answers_a_fresh_world_well_above_the_majority(fresh_val):
@@ -65,10 +66,10 @@ def test_shipped_metrics_cover_every_head_and_question_type():
     for head, acc in m["val_accuracy"].items():
         assert set(acc) == {"overall", *synthetic.QUESTION_TYPES}, head
     assert set(m["n_val_by_type"]) == set(synthetic.QUESTION_TYPES)
-    assert m["settings"]["seed"] == 0 and m["clip_model"] == "builtin:shapes"
+    assert m["settings"]["seed"] == DEFAULTS["seed"] == 2 and m["clip_model"] == "builtin:shapes"
     assert {"fraction_most_on_box", "mean_mass_on_box", "chance", "n"} <= set(m["grounding"]["overall"])
-    for t in synthetic.QUESTION_TYPES:  # BAN beats the blind baseline on every type
-        assert m["val_accuracy"]["ban"][t] > m["val_accuracy"]["majority"][t] + 0.05, t
+    for t in set(synthetic.QUESTION_TYPES) - {"relation"}:  # relation is not learned (0.470 against 0.470)
+        assert m["val_accuracy"]["ban"][t] > m["val_accuracy"]["majority"][t] + 0.3, t
     assert (VQA_DIR / "model.safetensors").stat().st_size < 5_000_000
 
 
@@ -100,10 +101,9 @@ def test_patch_order_matches_open_clip_vit():
 
 def test_grounding_of_the_shipped_head(fresh_val):
     """Measured on this set (395 one-object questions): mean attention mass on the object's box
-    0.162 vs chance 0.187, more than half of it there for 13% of the questions. Only "is there
-    a <colour> <shape>?" looks at the object (0.237 vs 0.185, 29%); colour questions look away
-    from it (0.066 vs 0.182): the last-layer patch tokens of the small ViT carry the scene
-    globally, and BAN reads it elsewhere. Asserted: what holds, exists above chance."""
+    0.551 against 0.187 for a uniform map, and more than half of it there for 66% of the
+    questions (colour 73%, count 70%, exists 67%, shape 55%). The seed matters: heads trained
+    with seeds 0 and 1 put 0.16 and 0.41 on the box of their validation questions."""
     scenes, examples, features = fresh_val
     model, vocab, _ = load(VQA_DIR)
     g = grounding(model, vocab, scenes, examples, features)
@@ -112,9 +112,9 @@ def test_grounding_of_the_shipped_head(fresh_val):
     assert set(g["by_type"]) == {"colour", "count", "exists", "shape"}  # relations are about two objects
     assert o["n"] == sum(b["n"] for b in g["by_type"].values())
     assert 0.1 < o["chance"] < 0.3 and 0.0 <= o["fraction_most_on_box"] <= 1.0
-    exists = g["by_type"]["exists"]
-    assert exists["mean_mass_on_box"] > exists["chance"] + 0.03, exists
-    assert exists["fraction_most_on_box"] > 0.2, exists
+    assert o["mean_mass_on_box"] > 2 * o["chance"] and o["fraction_most_on_box"] > 0.5, o  # most, for most
+    for t, b in g["by_type"].items():
+        assert b["mean_mass_on_box"] > b["chance"] + 0.15, (t, b)
 
 
 def test_train_builtin_writes_every_file(tmp_path):
@@ -128,7 +128,7 @@ def test_train_builtin_writes_every_file(tmp_path):
     assert on_disk == json.loads(json.dumps(m))
     assert {"clip_model", "settings", "questions", "n_val_by_type", "val_accuracy", "grounding",
             "wall_seconds"} <= set(m)
-    assert m["settings"] == {**m["settings"], "n_train": 120, "n_val": 30, "seed": 0, "epochs": 1, "hidden": 16,
+    assert m["settings"] == {**m["settings"], "n_train": 120, "n_val": 30, "seed": DEFAULTS["seed"], "epochs": 1, "hidden": 16,
                              "glimpses": 2}
     assert set(m["val_accuracy"]) == {"ban", "concat", "hadamard", "majority"}
     assert sum(m["n_val_by_type"].values()) == m["questions"]["val"]
