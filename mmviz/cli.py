@@ -547,6 +547,15 @@ def _dataset_and_model(s: argparse.ArgumentParser,
     s.add_argument("--model", default="builtin:shapes", help=model_help)
 
 
+def _output_options(s: argparse.ArgumentParser, json_help: str | None = "machine-readable output",
+                    quiet_help: str | None = "no progress bar") -> None:
+    """The --json and -q/--quiet switches most commands share (None leaves one out)."""
+    if json_help:
+        s.add_argument("--json", action="store_true", help=json_help)
+    if quiet_help:
+        s.add_argument("-q", "--quiet", action="store_true", help=quiet_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmviz", description="See and fix the geometry of image-text embedding spaces.")
     p.add_argument("--home", help="workspace folder (default: $MMVIZ_HOME or ~/.mmviz)")
@@ -565,18 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-name", help="name of the model that made precomputed vectors")
     s.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 89,478,485)")
     s.add_argument("-v", "--verbose", action="store_true", help="list every skipped row")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_options(s, None, "no progress bar")
     s.set_defaults(func=cmd_import)
 
     s = sub.add_parser("list", help="list datasets in the workspace")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _output_options(s, "machine-readable output", None)
     s.set_defaults(func=cmd_list)
 
     s = sub.add_parser("show", help="describe one dataset")
     s.add_argument("name")
     s.add_argument("--rows", type=int, default=5, help="how many pairs to print (default 5)")
     s.add_argument("--skipped", action="store_true", help="list every row skipped at import")
-    s.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _output_options(s, "print the manifest as JSON", None)
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("delete", help="delete datasets")
@@ -591,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     s.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 4)")
     s.add_argument("--device", help="cuda, mps or cpu (default: the best available, or $MMVIZ_DEVICE)")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _output_options(s, None, "no progress bars")
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("gap", help="print modality-gap geometry metrics of a dataset under a model",
@@ -600,8 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "score. Embeds first what the cache does not hold yet.")
     _dataset_and_model(s)
     s.add_argument("--seed", type=int, default=0, help="seed for subsampled metrics (default 0)")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_options(s)
     s.set_defaults(func=cmd_gap)
 
     s = sub.add_parser("search", help="nearest images and captions to a text query",
@@ -614,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     only = s.add_mutually_exclusive_group()
     only.add_argument("--images", action="store_true", help="images only")
     only.add_argument("--captions", action="store_true", help="captions only")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    _output_options(s, "machine-readable output", None)
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("transform", help="what a gap-closing transform does to the metrics and recall",
@@ -628,8 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--shift", type=float, metavar="LAMBDA",
                        help="Liang et al.'s shift along the gap direction (the gap's length closes it)")
     s.add_argument("--seed", type=int, default=0, help="seed for the noise and subsampled metrics (default 0)")
-    s.add_argument("--json", action="store_true", help="the table as a JSON list of rows")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_options(s, "the table as a JSON list of rows")
     s.set_defaults(func=cmd_transform)
 
     s = sub.add_parser("score", help="score candidate captions (CLIP-S, RefCLIP-S, PMI, MID) and rank their systems",
@@ -648,8 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", metavar="TEXT",
                    help="text before every caption (default 'A photo depicts ' for CLIP models, none for "
                         "builtin:shapes; '' for none)")
-    s.add_argument("--json", action="store_true", help="leaderboard, agreement and per-candidate scores as JSON")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_options(s, "leaderboard, agreement and per-candidate scores as JSON")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("models", help="list known models and whether their weights are here")
@@ -667,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help="pairs per step (default 128)")
     t.add_argument("--n-train", type=int, help="training scenes (default 20000)")
     t.add_argument("--seed", type=int, help="seed (default 0)")
-    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _output_options(t, None, "no progress bar")
     t.set_defaults(func=cmd_builtin_train)
     from .vqa.builtin import DEFAULTS as VQA_DEFAULTS, VQA_DIR
 
@@ -678,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=str(VQA_DIR), help=f"output folder (default {VQA_DIR})")
     t.add_argument("--seed", type=int, help=f"seed (default {VQA_DEFAULTS['seed']})")
     t.add_argument("--epochs", type=int, help=f"epochs per head (default {VQA_DEFAULTS['epochs']})")
-    t.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    _output_options(t, None, "no per-epoch lines")
     t.set_defaults(func=cmd_builtin_train_vqa)
 
     s = sub.add_parser("vqa", help="visual question answering: attach questions to a dataset, train a head")
@@ -708,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     t.add_argument("--hidden", type=int, default=128, help="hidden size (default 128)")
-    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _output_options(t, None, "no progress bars")
     t.set_defaults(func=cmd_vqa_train)
 
     s = sub.add_parser("app", help="launch the browser app (binds to 127.0.0.1 unless --host is given)")

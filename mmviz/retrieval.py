@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from .geometry import _device
+from .transforms import normalise
 
 FAISS_MIN_KEYS = 50_000  # backend="auto" uses faiss (when importable) for at least this many keys
 BLOCK = 2 ** 25  # most query x key scores held at once (128 MB in float32), whatever `chunk` says
-EPS = 1e-12
 
 
 def faiss_available() -> bool:
@@ -33,9 +33,7 @@ def faiss_available() -> bool:
 
 def _unit(x) -> np.ndarray:
     """Contiguous float32 rows of unit length; a zero row stays zero."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norm, EPS))
+    return np.ascontiguousarray(normalise(np.asarray(x, dtype=np.float32)))
 
 
 def _row_blocks(n: int, n_keys: int, chunk: int):

@@ -46,7 +46,7 @@ def test_probe_scores_the_typed_caption_and_its_foils(app_home):
     np.testing.assert_allclose(probe["clip_s"].to_numpy(), want["clip_s"].to_numpy(), atol=1e-9)
 
 
-def test_upload_path_reports_a_bad_file(app_home, tmp_path):
+def test_upload_mode_explains_the_columns_and_scores_nothing_yet(app_home):
     embedded_demo(app_home, n=20)
     at = open_page("captions")
     at.radio(key="cap_source").set_value("Upload candidates (CSV or JSONL)").run()

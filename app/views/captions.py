@@ -38,14 +38,21 @@ def show_table(table: pd.DataFrame, columns: list[str], key: str, height: int | 
                                 "human": st.column_config.NumberColumn("Human", format="%.2f")})
 
 
+@st.cache_data(show_spinner=False, max_entries=4)
+def demo(key: str, _ds, _emb) -> pd.DataFrame | None:
+    """The demo candidates of a shapes-world set (None for other sets), built once per version."""
+    return cand.demo_candidates(_ds, _emb) if "foil" in _ds.table().columns else None
+
+
 def candidates_source(ds, emb) -> pd.DataFrame | None:
-    has_demo = "foil" in ds.table().columns
+    demo_table = demo(common.data_key(ds, emb), ds, emb)
+    has_demo = demo_table is not None
     source = st.radio("Candidates", [DEMO, UPLOAD] if has_demo else [UPLOAD], horizontal=True, key="cap_source")
     if source == DEMO:
         st.caption("Each image's first caption (ground truth), its second (a paraphrase) and a foil: a caption "
                    "with one colour or shape word swapped. References: the image's other captions. Human "
                    "scores: 1 for true captions, 0 for foils.")
-        return cand.demo_candidates(ds, emb)
+        return demo_table
     st.caption("Columns: `image` (an id or file name of this dataset), `caption`, optional `system` and `human` "
                "(a human score). One row per candidate.")
     upload = st.file_uploader("Candidate captions", type=["csv", "tsv", "jsonl"], key="cap_upload")

@@ -30,16 +30,24 @@ def trained_heads() -> dict[str, Path]:
     return heads
 
 
-def attached_questions(ds) -> dict[str, list]:
-    """id -> the dataset's attached VQA questions about it (none when the set has none)."""
-    try:
-        from mmviz.vqa.questions import questions
-    except ImportError:
-        return {}
+@st.cache_data(show_spinner=False, max_entries=4)
+def _attached(version_path: str, name: str, stamp: float) -> dict[str, list]:
+    from mmviz.store import Dataset
+    from mmviz.vqa.questions import questions
+
     out: dict[str, list] = {}
-    for ex in questions(common.workspace(), ds) or []:
+    for ex in questions(common.workspace(), Dataset(name, version_path)) or []:
         out.setdefault(str(ex.image), []).append(ex)
     return out
+
+
+def attached_questions(ds) -> dict[str, list]:
+    """id -> the dataset's attached VQA questions about it (none when the set has none), read
+    once per version of the dataset and of its questions file, not on every rerun."""
+    from mmviz.vqa.questions import questions_path
+
+    path = questions_path(common.workspace(), ds.name)
+    return _attached(str(ds.path), ds.name, path.stat().st_mtime if path.is_file() else 0.0)
 
 
 def pick_image(ds):
