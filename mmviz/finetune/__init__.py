@@ -1,0 +1,1 @@
+"""Fine-tuning CLIP-style dual encoders: losses and data-parallel helpers."""
