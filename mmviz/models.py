@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -286,6 +287,56 @@ def load_model(spec: str | ModelSpec, device: str | None = None) -> LoadedModel:
         return _cache[key]
 
 
+def build_model(spec: str | ModelSpec, device: str | None = None, precision: str = "fp32") -> LoadedModel:
+    """A fresh, uncached copy of the model a spec names, in `precision`: for training, which
+    must not change the shared instance that `load_model` hands to every page."""
+    s = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    return _load(s, pick_device(device), resolve(s), precision)
+
+
+def model_config(spec: str | ModelSpec) -> dict:
+    """open_clip's model config (embed_dim, vision_cfg, text_cfg, ...) for a spec, as an
+    open_clip folder's open_clip_config.json needs it. Reads local files only."""
+    s = spec if isinstance(spec, ModelSpec) else parse_spec(spec)
+    oc = _open_clip()
+    if s.kind == "local-dir":
+        return json.loads((s.path / "open_clip_config.json").read_text("utf-8"))["model_cfg"]
+    if s.kind == "hf-hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(s.tag, "open_clip_config.json")
+        if not isinstance(hit, str):
+            raise ModelUnavailable(f"{s.raw}: open_clip_config.json is not in the Hugging Face cache")
+        return json.loads(Path(hit).read_text("utf-8"))["model_cfg"]
+    cfg = oc.get_model_config(s.arch)
+    if s.kind == "pretrained" and oc.get_pretrained_cfg(s.arch, s.tag).get("quick_gelu"):
+        cfg["quick_gelu"] = True  # as _load builds it
+    return cfg
+
+
+def save_open_clip_folder(loaded: LoadedModel, folder: str | os.PathLike, model_cfg: dict,
+                          extra: dict | None = None) -> Path:
+    """Write `loaded.model` as an open_clip folder (open_clip_config.json with model_cfg and
+    the preprocessing, plus open_clip_model.safetensors), loadable as `local-dir:FOLDER`
+    anywhere a spec is taken. `extra` is stored in the config under "mmviz". Each file is
+    replaced atomically."""
+    from safetensors.torch import save_file
+
+    from .store import atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    oc = _open_clip()
+    state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
+    tmp = folder / ".open_clip_model.safetensors.tmp"
+    save_file(state, str(tmp))
+    os.replace(tmp, folder / "open_clip_model.safetensors")
+    pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in oc.get_model_preprocess_cfg(loaded.model).items()}
+    atomic_write_json(folder / "open_clip_config.json",
+                      {"model_cfg": model_cfg, "preprocess_cfg": pp, **({"mmviz": extra} if extra else {})})
+    return folder
+
+
 @dataclass(frozen=True)
 class Resolved:
     spec: ModelSpec
@@ -325,11 +376,11 @@ def resolve(spec: str | ModelSpec, download: bool = True) -> Resolved:
     return Resolved(s, weights, fingerprint(s, weights))
 
 
-def _load(s: ModelSpec, dev, r: Resolved) -> LoadedModel:
+def _load(s: ModelSpec, dev, r: Resolved, precision: str | None = None) -> LoadedModel:
     import torch
 
     oc = _open_clip()
-    precision = "fp16" if dev.type == "cuda" else "fp32"
+    precision = precision or ("fp16" if dev.type == "cuda" else "fp32")
     pp = {}
     if s.kind in ("builtin", "checkpoint", "pretrained"):
         name, pretrained = s.arch, r.weights
