@@ -28,6 +28,7 @@ def model_status(spec: str) -> tuple[bool, str]:
 
 
 PENDING = "_pending_dataset"  # a page's request to switch dataset, applied on the next run
+PENDING_MODEL = "_pending_model"  # ... and to switch model
 
 
 def init_state() -> None:
@@ -48,6 +49,8 @@ def init_state() -> None:
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = names[0] if names else None
     st.session_state.setdefault("model_choice", BUILTIN_SPEC)
+    if PENDING_MODEL in st.session_state:
+        st.session_state["model_choice"] = st.session_state.pop(PENDING_MODEL)
 
 
 def select_dataset_and_rerun(name: str | None) -> None:
@@ -56,9 +59,26 @@ def select_dataset_and_rerun(name: str | None) -> None:
     st.rerun()
 
 
+def select_model_and_rerun(spec: str) -> None:
+    """Switch model from a page (e.g. to a fine-tuned one), as select_dataset_and_rerun."""
+    st.session_state[PENDING_MODEL] = spec
+    st.rerun()
+
+
+def tuned_models(home: str) -> dict[str, str]:
+    """spec -> label of the finished fine-tuning runs' models, for the model picker. Not
+    cached: a run that just finished must be offered (a few small JSON reads per run)."""
+    from mmviz.finetune.runs import finished_models
+
+    return dict(finished_models(home))
+
+
 def _model_label(spec: str) -> str:
     if spec == OTHER:
         return spec
+    tuned = tuned_models(str(workspace().home))
+    if spec in tuned:
+        return tuned[spec]
     present, _ = model_status(spec)
     return f"{spec}" if present else f"{spec} (weights not here)"
 
@@ -69,7 +89,10 @@ def sidebar() -> None:
     with st.sidebar:
         st.selectbox("Dataset", names, key="dataset", placeholder="none yet: import one on the Data page",
                      help=f"Datasets in the workspace {ws.home}")
-        st.selectbox("Model", list(KNOWN_SPECS) + [OTHER], key="model_choice", format_func=_model_label,
+        tuned = list(tuned_models(str(ws.home)))
+        if st.session_state.get("model_choice") not in [*KNOWN_SPECS, *tuned, OTHER]:
+            st.session_state["model_choice"] = BUILTIN_SPEC  # e.g. its run was deleted
+        st.selectbox("Model", list(KNOWN_SPECS) + tuned + [OTHER], key="model_choice", format_func=_model_label,
                      help="Any open_clip model: builtin:shapes, ARCH:TAG, ARCH:/path/to/weights.safetensors, "
                           "ARCH:random, local-dir:/path, hf-hub:org/repo")
         if st.session_state["model_choice"] == OTHER:
@@ -199,10 +222,16 @@ def layout_for(ds, emb, method: str, seed: int, images=None, texts=None, variant
     """The dataset's layout under `method` through the workspace cache, with a progress bar.
     `images`/`texts` replace the embeddings' own vectors (a transformed set), and `variant`
     names what was done to them, for the cache key."""
-    ws = workspace()
     images = emb.image if images is None else images
     texts = emb.text if texts is None else texts
     parts = {"dataset": ds.manifest["content_hash"], "model": emb.fingerprint, **({"variant": variant} if variant else {})}
+    return layout_for_vectors(parts, images, texts, method, seed)
+
+
+def layout_for_vectors(parts: dict, images, texts, method: str, seed: int = 0):
+    """Any vectors' layout through the workspace cache (`parts` name them for the key), with
+    a progress bar."""
+    ws = workspace()
     first = ("Fitting UMAP… (the first fit after launch also compiles numba code: about 15 s more)"
              if method.startswith("umap") else "Projecting…")
     bar = st.progress(0.0, text=first)

@@ -16,6 +16,7 @@ pages = {
                       st.Page("views/retrieval.py", title="Retrieval", icon=":material/search:")],
     "Evaluate": [st.Page("views/captions.py", title="Captions", icon=":material/rate_review:"),
                  st.Page("views/vqa.py", title="VQA", icon=":material/quiz:")],
+    "Train": [st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:")],
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works

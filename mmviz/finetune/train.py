@@ -404,18 +404,20 @@ def _metrics(images, texts, owner) -> dict[str, float]:
     return {k: float(v) for k, v in evaluate(images, texts, owner).items()}
 
 
-def _save_vectors(path: Path, images, texts, owner, ids) -> None:
+def _save_vectors(path: Path, images, texts, owner, data: PairData, rows: np.ndarray) -> None:
     import io
 
     from ..store import atomic_write_bytes
 
     buf = io.BytesIO()
-    np.savez(buf, image=images, text=texts, text_owner=owner, ids=np.array(ids))
+    np.savez(buf, image=images, text=texts, text_owner=owner, ids=np.array([data.ids[i] for i in rows]),
+             captions=np.array([c for i in rows for c in data.captions[i]]))
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_vectors(folder: str | os.PathLike, which: str) -> dict[str, np.ndarray]:
-    """The validation vectors a run stored: which is "before" or "after"."""
+    """The validation vectors a run stored (image, text, text_owner, ids, captions): which is
+    "before" or "after"."""
     with np.load(Path(folder) / f"{which}.npz", allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -510,7 +512,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
         start = build_model(config.model, str(device), precision="fp32").model
         vi, vt, vo = encode_rows(start, data, split.val, device)
         del start
-        _save_vectors(folder / "before.npz", vi, vt, vo, [data.ids[i] for i in split.val])
+        _save_vectors(folder / "before.npz", vi, vt, vo, data, split.val)
         atomic_write_json(folder / "before.json", _metrics(vi, vt, vo))
 
     loss_fn = FinetuneLoss(config.loss_config())
@@ -581,7 +583,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
     result = {}
     if main:
         vi, vt, vo = encode_rows(model, data, split.val, device)
-        _save_vectors(folder / "after.npz", vi, vt, vo, [data.ids[i] for i in split.val])
+        _save_vectors(folder / "after.npz", vi, vt, vo, data, split.val)
         after = _metrics(vi, vt, vo)
         before = json.loads((folder / "before.json").read_text("utf-8"))
         save_open_clip_folder(loaded, folder / "model", model_config(config.model),
