@@ -280,3 +280,21 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.get_by_text("Words by patches, averaged over glimpses")).to_be_attached(timeout=60_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "vqa.png"), full_page=True)
+
+        # Fine-tune: launch a tiny background run, watch its curve, see the before/after layout
+        page.get_by_role("link", name="Fine-tune").click()
+        expect(page.get_by_role("heading", name="Fine-tune", exact=True)).to_be_visible(timeout=60_000)
+        steps = page.get_by_label("Steps")
+        steps.fill("8")
+        steps.press("Tab")
+        page.get_by_role("button", name="Start run").click()
+        expect(page.get_by_text("finished — step 8 / 8", exact=False)).to_be_visible(timeout=180_000)
+        heading = page.get_by_role("heading", name="Before and after, on the validation split")
+        expect(heading).to_be_visible(timeout=60_000)
+        expect(page.locator(".js-plotly-plot")).to_have_count(3, timeout=60_000)  # curves, before, after
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "finetune.png"))
+        heading.scroll_into_view_if_needed()
+        page.mouse.wheel(0, 300)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(ARTIFACTS / "finetune_compare.png"))

@@ -182,8 +182,8 @@ if not all_runs:
 ids = [r["id"] for r in all_runs]
 if st.session_state.get("ft_run") not in ids:
     st.session_state["ft_run"] = ids[0]
-chosen = st.selectbox("Run", ids, key="ft_run",
-                      format_func=lambda i: f"{i} ({next(r['state'] for r in all_runs if r['id'] == i)})")
+described = {r["id"]: f"{r['id']} ({r['config'].loss}, {r['config'].model})" for r in all_runs}
+chosen = st.selectbox("Run", ids, key="ft_run", format_func=described.get)  # state: in the progress line
 folder = runs_dir(ws) / chosen
 
 
