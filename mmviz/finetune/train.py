@@ -24,6 +24,7 @@ import math
 import os
 import re
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -152,7 +153,8 @@ def read_status(folder: str | os.PathLike) -> dict:
 
 def write_status(folder: Path, state: str, **info) -> None:
     old = read_status(folder) if (folder / "status.json").exists() else {}
-    old.pop("error", None) if state == "running" else None
+    if state == "running":  # a resumed run is no longer failed
+        old.pop("error", None)
     atomic_write_json(folder / "status.json", {**old, **info, "state": state, "updated": time.time()})
 
 
@@ -258,14 +260,16 @@ class PairData:
             return self.per_batch(x)
         return x
 
-    def batch(self, idx: np.ndarray, step_seed: int):
-        """(images, caption tokens, same-caption matrix) for image indices idx, one caption
-        of each image chosen by the step's seed."""
+    def batch(self, idx: np.ndarray, step_seed: int, local: slice = slice(None)):
+        """(images of idx[local], caption tokens of idx, same-caption matrix of idx) for the
+        global batch of image indices idx, one caption of each image chosen by the step's
+        seed. A process decodes only its own slice's images; the captions of the whole batch
+        are cheap, and the loss needs their same-text matrix."""
         rng = np.random.default_rng([step_seed, 1])
         cap = self.caption_start[idx] + rng.integers(0, self.caption_count[idx])
         t = self.tokens[torch.as_tensor(cap)]
         same = (t[:, None, :] == t[None, :, :]).all(-1)
-        return self.images(idx), t, same
+        return self.images(idx[local]), t, same
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -451,7 +455,9 @@ def run(home, folder: str | os.PathLike, progress: Progress | None = None) -> di
     def on_term(signum, frame):
         stop["flag"] = True
 
-    old_handler = signal.signal(signal.SIGTERM, on_term) if main else None
+    # Python sets signal handlers from the main thread only (not, e.g., under a notebook's worker)
+    can_handle = main and threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, on_term) if can_handle else None
     try:
         if main:
             write_status(folder, "running", pid=os.getpid(), world_size=world_size, steps=config.steps)
@@ -508,7 +514,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
         _truncate_metrics(folder, step)
 
     # before: the start weights on the validation split (kept from the first attempt on resume)
-    if main and not (folder / "before.npz").exists():
+    if main and not ((folder / "before.npz").exists() and (folder / "before.json").exists()):
         start = build_model(config.model, str(device), precision="fp32").model
         vi, vt, vo = encode_rows(start, data, split.val, device)
         del start
@@ -532,13 +538,13 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
                 save_checkpoint(folder, model, opt, step)
             raise Cancelled(f"run {folder.name} stopped at step {step}; checkpoint saved")
         idx, epoch = global_batch(split.train, config.batch_size, config.seed, step)
-        images, tokens, same = data.batch(idx, config.seed * 1_000_003 + step)
         mine = slice(rank * local, (rank + 1) * local)
+        images, tokens, same = data.batch(idx, config.seed * 1_000_003 + step, mine)
         model.train()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, config.steps, config.lr, config.warmup)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            img, txt, scale = net(images[mine].to(device), tokens[mine].to(device))
+            img, txt, scale = net(images.to(device), tokens[mine].to(device))
         img = gather_with_grad(img.float())
         txt = gather_with_grad(txt.float())
         scale = fixed_scale if fixed_scale is not None else scale.float()
