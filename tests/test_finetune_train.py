@@ -195,7 +195,7 @@ def test_resume_after_a_kill_takes_the_same_steps_as_an_uninterrupted_run(demo_h
     run(ws, reference)
 
     folder = runs.launch(ws, cfg)
-    pid = read_status(folder)["pid"]
+    pid = runs.process_id(folder)
     _wait_for(lambda: read_status(folder).get("step", 0) >= 8, what="two checkpoints")
     os.kill(pid, signal.SIGKILL)
     _wait_for(lambda: runs.state(folder) == "interrupted", 30, "the kill to show")

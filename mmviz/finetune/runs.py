@@ -34,6 +34,10 @@ def launch(home, config: FinetuneConfig | None = None, run: str | os.PathLike | 
     if run is not None and is_running(folder):
         raise ValueError(f"run {folder.name} is already running (pid {read_status(folder).get('pid')})")
     (folder / "cancel").unlink(missing_ok=True)
+    (folder / "launcher.pid").unlink(missing_ok=True)
+    # "created" is written before the process starts and never after, so it cannot overwrite
+    # what the process itself writes ("running", its pid); until then its pid is in launcher.pid.
+    write_status(folder, "created", pid=None)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     with open(folder / "log.txt", "ab") as log:
@@ -41,7 +45,7 @@ def launch(home, config: FinetuneConfig | None = None, run: str | os.PathLike | 
                                  "--resume", str(folder), "--quiet"], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=str(REPO), env=env, start_new_session=True)
     _children[proc.pid] = proc
-    write_status(folder, "created" if run is None else read_status(folder).get("state", "created"), pid=proc.pid)
+    (folder / "launcher.pid").write_text(str(proc.pid))
     return folder
 
 
@@ -62,12 +66,25 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+def process_id(folder: Path) -> int | None:
+    """The run's process: as it wrote itself into status.json, else as its launcher saw it."""
+    pid = read_status(folder).get("pid")
+    if pid:
+        return int(pid)
+    try:
+        return int((Path(folder) / "launcher.pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def state(folder: str | os.PathLike) -> str:
     """created, running, finished, failed, cancelled, or interrupted (its process died
     without saying so, e.g. killed: resume continues from the last checkpoint)."""
-    st = read_status(folder)
-    s = st.get("state", "unknown")
-    if s in ("created", "running") and not _alive(st.get("pid")):
+    s = read_status(folder).get("state", "unknown")
+    pid = process_id(Path(folder))
+    if s == "created" and pid is None:  # being launched this instant
+        return s
+    if s in ("created", "running") and not _alive(pid):
         return "interrupted"
     return s
 
@@ -82,7 +99,7 @@ def cancel(folder: str | os.PathLike, wait: float = 0.0) -> bool:
     up to that many seconds for the process to end. Returns whether it has ended."""
     folder = Path(folder)
     (folder / "cancel").touch()
-    pid = read_status(folder).get("pid")
+    pid = process_id(folder)
     if _alive(pid):
         try:
             os.kill(pid, signal.SIGTERM)
