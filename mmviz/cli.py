@@ -572,9 +572,13 @@ def cmd_finetune(ws: Workspace, args) -> int:
     else:
         if not ws.exists(args.name):
             return _err(f"no dataset {args.name!r} in {ws.home}; `mmviz list` shows the datasets")
+        from .finetune.train import preflight
+        from .models import ModelSpecError, ModelUnavailable
+
         try:
             config = FinetuneConfig(dataset=args.name, **_finetune_config(args))
-        except (TypeError, ValueError) as e:
+            preflight(ws, config)
+        except (TypeError, ValueError, ModelSpecError, ModelUnavailable) as e:
             return _err(str(e))
     rank, world_size, _ = distributed.setup_from_env(config.device)
     if folder is None:

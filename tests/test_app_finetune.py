@@ -74,6 +74,8 @@ def test_cancel_from_the_page_stops_the_process_and_keeps_the_checkpoint(app_hom
     ws = Workspace(app_home)
     make_demo(ws, n=80)
     at = open_page("finetune")
+    _start(at, steps=5, batch=4096)  # more than the 64 training images: refused before any process starts
+    assert "larger than the 64 training images" in at.error[0].value and not runs.list_runs(ws)
     _start(at, steps=100000, batch=16)
     [run] = runs.list_runs(ws)
     _until(at, lambda: len(read_metrics(run["folder"], "step")) >= 3, what="the first steps")

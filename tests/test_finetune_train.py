@@ -269,6 +269,11 @@ def test_cli_usage_errors_and_run_listing(demo_home, capsys):
     assert "no run 20990101-000000-clip-x" in capsys.readouterr().err
     assert main([*home, "finetune", "shapes-demo", "--batch-size", "1"]) == 1
     assert "batch_size must be at least 2" in capsys.readouterr().err
+    assert main([*home, "finetune", "shapes-demo", "--batch-size", "500"]) == 1
+    assert "batch size 500 is larger than the 160 training images of shapes-demo" in capsys.readouterr().err
+    t0 = time.time()
+    assert main([*home, "finetune", "shapes-demo", "--model", "ViT-B-32:openai"]) == 1
+    assert "not in the local cache" in capsys.readouterr().err and time.time() - t0 < 20
     assert main([*home, "runs", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert listed and all(r["state"] in ("finished", "cancelled", "failed", "interrupted") for r in listed)

@@ -7,6 +7,7 @@ import streamlit as st
 import common
 from mmviz import geometry, transforms, viz
 from mmviz.finetune import runs
+from mmviz.models import ModelSpecError, ModelUnavailable
 from mmviz.finetune.losses import UNIMODAL
 from mmviz.finetune.train import FinetuneConfig, load_vectors, read_config, read_metrics, read_status, runs_dir
 
@@ -37,7 +38,8 @@ def new_run_form(ws, ds, spec: str) -> None:
             m1, m2, m3 = st.columns(3)
             alpha = m1.number_input("Mixing Beta(α, α)", 0.05, 10.0, 0.5, key="ft_alpha")
             weight = m2.number_input("m2-mix weight", 0.0, 10.0, 1.0, key="ft_weight")
-            decay = m3.number_input("Weight decay per epoch", 0.0, 1.0, 1.0, key="ft_decay")
+            decay = m3.number_input("m2-mix weight factor per epoch", 0.0, 1.0, 1.0, key="ft_decay",
+                                    help="The m2-mix weight is multiplied by this after every epoch; 1 keeps it.")
             unimodal = m1.selectbox("Uni-modal mixes", UNIMODAL, key="ft_unimodal")
             temperature = m2.number_input("Fixed temperature (0 = learn CLIP's)", 0.0, 1.0, 0.0, format="%.3f",
                                           key="ft_temp")
@@ -48,10 +50,10 @@ def new_run_form(ws, ds, spec: str) -> None:
                                     steps=int(steps), batch_size=int(batch), lr=float(lr), seed=int(seed),
                                     m2_alpha=float(alpha), m2_weight=float(weight), m2_decay=float(decay),
                                     unimodal=unimodal, temperature=float(temperature) or None)
-        except ValueError as e:
-            st.error(str(e))
+            folder = runs.launch(ws, config)  # checks dataset, batch and model before starting
+        except (ValueError, ModelSpecError, ModelUnavailable) as e:
+            st.error(str(e), icon=":material/error:")
             return
-        folder = runs.launch(ws, config)
         st.session_state["ft_run"] = folder.name
         st.toast(f"Started run {folder.name}", icon=":material/rocket_launch:")
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..store import Workspace
-from .train import FinetuneConfig, create_run, read_config, read_status, runs_dir, write_status
+from .train import FinetuneConfig, create_run, preflight, read_config, read_status, runs_dir, write_status
 
 REPO = Path(__file__).resolve().parents[2]
 _children: dict[int, subprocess.Popen] = {}  # processes this one started: poll() reaps them
@@ -30,6 +30,8 @@ def launch(home, config: FinetuneConfig | None = None, run: str | os.PathLike | 
     returns the run folder at once."""
     if (config is None) == (run is None):
         raise ValueError("give either a config for a new run or the run to resume")
+    if config is not None:
+        preflight(home, config)
     folder = Path(run) if run is not None else create_run(home, config)
     if run is not None and is_running(folder):
         raise ValueError(f"run {folder.name} is already running (pid {read_status(folder).get('pid')})")

@@ -125,6 +125,25 @@ def new_run_id(config: FinetuneConfig) -> str:
     return f"{stamp}-{config.loss}-{name}"
 
 
+def preflight(home, config: FinetuneConfig) -> None:
+    """Fail fast, before a process is started, with what would stop the run early: a missing
+    dataset, too few images for the batch, a model whose weights are not here."""
+    from ..models import parse_spec, resolve
+
+    ws = home if isinstance(home, Workspace) else Workspace(home)
+    if not ws.exists(config.dataset):
+        raise ValueError(f"no dataset {config.dataset!r} in {ws.home}")
+    ds = ws.open(config.dataset)
+    n = int(sum(isinstance(k, str) and len(k) == 64 for k in ds.table()["image_sha256"].tolist()))
+    if n == 0:
+        raise ValueError(f"dataset {ds.name} has no images: fine-tuning needs image files, not only vectors")
+    split = split_rows(n, config.val_fraction, config.seed, config.max_val)
+    if len(split.train) < config.batch_size:
+        raise ValueError(f"batch size {config.batch_size} is larger than the {len(split.train)} training images of "
+                         f"{ds.name} (after holding out {len(split.val)} for validation); lower the batch size")
+    resolve(parse_spec(config.model), download=False)  # raises ModelSpecError / ModelUnavailable in seconds
+
+
 def create_run(home, config: FinetuneConfig, run_id: str | None = None) -> Path:
     """Make the run folder with config.json and status "created"; returns it."""
     base = runs_dir(home)
