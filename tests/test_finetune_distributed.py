@@ -3,9 +3,10 @@ process holding the whole batch."""
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -94,25 +95,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The workers are separate interpreters that import this file, not multiprocessing's spawn:
+# spawn re-runs the parent's __main__, which after an AppTest in the same session is the app.
+WORKER = ("import sys; sys.path.insert(0, sys.argv[4]); import test_finetune_distributed as t; "
+          "t._worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])")
+
+
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    ctx = multiprocessing.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(rank, port, str(out_dir))) for rank in range(WORLD_SIZE)]
-    for p in procs:
-        p.start()
+    here = os.path.dirname(os.path.abspath(__file__))
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(rank), str(port), str(out_dir), here],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(WORLD_SIZE)]
     try:
-        for p in procs:
-            p.join(JOIN_TIMEOUT_S)
-        hung = [rank for rank, p in enumerate(procs) if p.is_alive()]
-        assert not hung, f"ranks {hung} still running after {JOIN_TIMEOUT_S} s"
-        assert [p.exitcode for p in procs] == [0] * WORLD_SIZE, f"exit codes {[p.exitcode for p in procs]}"
+        outputs = [p.communicate(timeout=JOIN_TIMEOUT_S)[0] for p in procs]
+        codes = [p.returncode for p in procs]
+        assert codes == [0] * WORLD_SIZE, f"exit codes {codes}:\n" + "\n".join(o[-2000:] for o in outputs)
     finally:
         for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(10)
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD_SIZE)]
 
 
