@@ -140,7 +140,12 @@ def test_a_short_run_lowers_the_training_loss_and_exports_a_loadable_model(demo_
     steps = read_metrics(folder, "step")
     assert [r["step"] for r in steps] == list(range(1, 31))
     assert all(math.isfinite(r["loss"]) for r in steps)
-    assert read_metrics(folder, "epoch"), "no validation rows"
+    evals = read_metrics(folder, "epoch")
+    # 160 training images in batches of 32: an epoch is 5 steps, each closed by a validation row
+    assert [r["step"] for r in evals] == [5, 10, 15, 20, 25, 30]
+    losses = [r["loss"] for r in steps]
+    assert [r["train_loss"] for r in evals] == pytest.approx([np.mean(losses[i - 5:i]) for i in range(5, 31, 5)])
+    assert all(0 <= r["val_i2t_r1"] <= 1 and r["val_gap"] > 0 for r in evals)
 
     # the training loss on a fixed set of training pairs, before and after, at the model's own scale
     base = build_model("mmviz-shapes:random", "cpu")

@@ -33,6 +33,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..geometry import gap_length
+from ..retrieval import recall_at_k
 from ..store import Workspace, atomic_write_json
 from .distributed import cleanup, gather_with_grad, is_main, setup_from_env, world
 from .losses import MAX_LOGIT_SCALE, FinetuneLoss, LossConfig
@@ -421,6 +423,15 @@ def encode_rows(model, data: PairData, rows: np.ndarray, device, batch_size: int
     return torch.cat(imgs).numpy(), torch.cat(txts).numpy(), owner
 
 
+def validation(model, data: PairData, rows: np.ndarray, device) -> dict[str, float]:
+    """The quick numbers logged during training: recall@1/5 both ways and the gap length."""
+    vi, vt, vo = encode_rows(model, data, rows, device)
+    rec = recall_at_k(vi, vt, (1, 5), text_owner=vo)
+    first = np.unique(vo, return_index=True)[1]
+    return {"val_i2t_r1": rec["i2t"][1], "val_t2i_r1": rec["t2i"][1], "val_i2t_r5": rec["i2t"][5],
+            "val_t2i_r5": rec["t2i"][5], "val_gap": gap_length(vi, vt[first])}
+
+
 def _metrics(images, texts, owner) -> dict[str, float]:
     from ..transforms import evaluate
 
@@ -550,6 +561,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
     per_epoch = len(split.train) // config.batch_size
     eval_every = config.eval_every or max(1, per_epoch)
     local = config.batch_size // world_size
+    since_eval: list[float] = []  # training losses since the last validation row
     t0 = time.time()
     while step < config.steps:
         if _should_stop(stop["flag"] or (main and cancel_requested(folder)), world_size, device):
@@ -590,16 +602,12 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
             save_checkpoint(folder, model, opt, step)
             write_status(folder, "running", step=step)
+        if main:
+            since_eval.append(parts["loss"])
         if main and (step % eval_every == 0 or step == config.steps):
-            vi, vt, vo = encode_rows(model, data, split.val, device)
-            from ..retrieval import recall_at_k
-
-            rec = recall_at_k(vi, vt, (1, 5), text_owner=vo)
-            from ..geometry import gap_length
-
             row = {"kind": "epoch", "step": step, "epoch": step / max(1, per_epoch),
-                   "val_i2t_r1": rec["i2t"][1], "val_t2i_r1": rec["t2i"][1], "val_i2t_r5": rec["i2t"][5],
-                   "val_t2i_r5": rec["t2i"][5], "val_gap": float(gap_length(vi, vt[np.unique(vo, return_index=True)[1]]))}
+                   "train_loss": float(np.mean(since_eval)), **validation(model, data, split.val, device)}
+            since_eval = []
             _log(folder, row)
             if progress:
                 progress(row)
