@@ -26,7 +26,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -36,11 +36,10 @@ import torch
 from ..geometry import gap_length
 from ..retrieval import recall_at_k
 from ..store import Workspace, atomic_write_json
-from .distributed import cleanup, gather_with_grad, is_main, setup_from_env, world
+from .distributed import cleanup, gather_with_grad, setup_from_env
 from .losses import MAX_LOGIT_SCALE, FinetuneLoss, LossConfig
 
 TRAINABLE = ("proj", "last", "all")
-STATES = ("created", "running", "finished", "failed", "cancelled")
 # The output projections of open_clip's towers, under their names in each architecture family.
 _PROJECTIONS = re.compile(r"^(visual\.proj|text_projection|visual\.head\.|visual\.attnpool\.c_proj\.|text\.proj)")
 _BLOCK = re.compile(r"^(visual\.transformer\.resblocks|transformer\.resblocks|text\.transformer\.resblocks)\.(\d+)\.")
@@ -483,11 +482,14 @@ def run(home, folder: str | os.PathLike, progress: Progress | None = None) -> di
     stop = {"flag": False}
 
     def on_term(signum, frame):
+        if signum == signal.SIGINT and stop["flag"]:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
         stop["flag"] = True
 
-    # Python sets signal handlers from the main thread only (not, e.g., under a notebook's worker)
+    # SIGTERM (the app's Cancel) and a first Ctrl-C both stop after the current step with a
+    # checkpoint. Python sets handlers from the main thread only (not under a notebook's worker).
     can_handle = main and threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGTERM, on_term) if can_handle else None
+    old_handlers = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)} if can_handle else {}
     try:
         if main:
             write_status(folder, "running", pid=os.getpid(), world_size=world_size, steps=config.steps)
@@ -504,8 +506,8 @@ def run(home, folder: str | os.PathLike, progress: Progress | None = None) -> di
             write_status(folder, "failed", error=f"{type(e).__name__}: {e}")
         raise
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         cleanup()
 
 
