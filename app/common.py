@@ -247,3 +247,34 @@ def layout_for_vectors(parts: dict, images, texts, method: str, seed: int = 0):
     finally:
         bar.empty()
     return layout, hit
+
+
+# ----------------------------------------------------------------------------------------
+# before/after metrics, shared by the pages that change embeddings (Transforms, Fine-tune)
+
+
+def metric_headline(before: dict, after: dict, keys: dict[str, str]) -> None:
+    """The numbers a fix is judged by, after, with their change; `keys` maps a metric key to
+    st.metric's delta_color ("normal": up is better, "inverse": down is better)."""
+    from mmviz import geometry, transforms
+
+    labels = {**geometry.METRICS, **transforms.RECALL_METRICS}
+    for col, (k, better) in zip(st.columns(len(keys)), keys.items()):
+        change = round(after[k] - before[k], 3) + 0.0  # + 0.0: no "-0.000" from float noise
+        col.metric(labels[k][0], f"{after[k]:.3f}", f"{change:+.3f}", delta_color=better,
+                   help=f"{labels[k][1]}. Before: {before[k]:.3f}")
+
+
+def metric_table(before: dict, after: dict, name: str, key: str, note: str | None = None) -> None:
+    """Every metric before and after with its change and meaning, and its CSV download."""
+    from mmviz import transforms
+
+    table = transforms.metric_table(before, after)
+    number = st.column_config.NumberColumn(format="%.4f")
+    st.dataframe(table.drop(columns="key"), hide_index=True, width="stretch", key=f"{key}_table",
+                 column_config={"before": number, "after": number, "change": number,
+                                "meaning": st.column_config.TextColumn(width="large")})
+    if note:
+        st.caption(note)
+    download("Before/after metrics (CSV)", table.to_csv(index=False), f"{name}-metrics.csv", "text/csv",
+             f"{key}_dl_table")

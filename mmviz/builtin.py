@@ -48,27 +48,15 @@ def encode_scenes(model, tokenizer, scenes: list, mean, std, batch: int = 256):
     return torch.cat(imgs).numpy(), torch.cat(txts).numpy(), owner
 
 
-def contrastive_loss(img, txt, logit_scale, same_text=None):
-    """Symmetric InfoNCE (CLIP). Captions that are the same text within a batch (common in a
-    small world: 'a red circle') are all positives for each other's images, with equal
-    weight, rather than false negatives."""
-    import torch
-    import torch.nn.functional as F
-
-    logits = logit_scale * img @ txt.T
-    if same_text is None:
-        target = torch.arange(len(img))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-    soft = same_text.float() / same_text.float().sum(1, keepdim=True)
-    return (F.cross_entropy(logits, soft) + F.cross_entropy(logits.T, soft)) / 2
-
-
 def train(out_dir: str | Path = BUILTIN_DIR, progress: Callable[[int, int, float], None] | None = None,
           **overrides) -> dict:
     """Train the builtin model and write model.safetensors and metrics.json into `out_dir`.
     Returns the metrics. `progress(step, steps, loss)` is called after every step."""
     import torch
     from safetensors.torch import save_file
+
+    from .finetune.losses import info_nce  # CLIP's loss, same captions as shared positives
+    from .finetune.train import lr_at
 
     cfg = {**DEFAULTS, **overrides}
     out_dir = Path(out_dir)
@@ -94,11 +82,6 @@ def train(out_dir: str | Path = BUILTIN_DIR, progress: Callable[[int, int, float
                              {"params": params_rest, "weight_decay": 0.0}], lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
     steps, bs = cfg["steps"], cfg["batch_size"]
 
-    def lr_at(step):  # linear warm-up, then cosine decay to zero
-        if step < cfg["warmup"]:
-            return cfg["lr"] * (step + 1) / cfg["warmup"]
-        return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * (step - cfg["warmup"]) / max(1, steps - cfg["warmup"])))
-
     model.train()
     order = rng.permutation(len(train_scenes))
     pos = 0
@@ -113,9 +96,9 @@ def train(out_dir: str | Path = BUILTIN_DIR, progress: Callable[[int, int, float
         t = tokens[cap]
         same = (t[:, None, :] == t[None, :, :]).all(-1)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step, steps, cfg["lr"], cfg["warmup"])
         img, txt, scale = model(x, t)
-        loss = contrastive_loss(img, txt, scale, same)
+        loss = info_nce(img, txt, scale, same)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

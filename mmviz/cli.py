@@ -541,11 +541,13 @@ def cmd_vqa_train(ws: Workspace, args) -> int:
 
 
 def _finetune_config(args) -> dict:
-    keys = ("model", "loss", "trainable", "last_blocks", "steps", "batch_size", "lr", "warmup", "weight_decay",
-            "grad_clip", "temperature", "seed", "val_fraction", "eval_every", "checkpoint_every", "device",
-            "m2_alpha", "m2_weight", "m2_temperature", "m2_decay", "unimodal", "unimodal_alpha", "unimodal_weight",
-            "noise")
-    d = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    """The FinetuneConfig fields given on the command line (each option is named after its field)."""
+    from dataclasses import fields
+
+    from .finetune.train import FinetuneConfig
+
+    d = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
+         if f.name != "dataset" and getattr(args, f.name, None) is not None}
     if args.noise_on:
         d["noise_modalities"] = tuple(m.strip() for m in args.noise_on.split(",") if m.strip())
     return d

@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 
 from .models import LoadedModel, load_model, resolve
-from .store import Dataset, EmbeddingCache, Workspace, precomputed_fingerprint, precomputed_keys, text_key
+from .store import (Dataset, EmbeddingCache, Workspace, has_image, precomputed_fingerprint, precomputed_keys,
+                    text_key)
 
 # progress(done, total, stage): stage is "images" or "captions"; total counts uncached items.
 EmbedProgress = Callable[[int, int, str], None]
@@ -239,17 +240,17 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
     t = ds.table()
     ids = t["id"].tolist()
     img_keys = t["image_sha256"].tolist()
-    has_image = [isinstance(k, str) and len(k) == 64 for k in img_keys]
-    if not any(has_image):
+    with_image = has_image(t)
+    if not any(with_image):
         raise ValueError(f"dataset {ds.name} has no images to embed; it holds vectors from "
                          f"{ds.manifest.get('vector_model')!r}: embed it under that name")
     captions = [c for caps in t["captions"] for c in caps]
     owner_all = np.repeat(np.arange(len(ids)), [len(c) for c in t["captions"]])
     txt_keys = [text_key(c) for c in captions]
-    skipped: list[tuple[str, str]] = [(i, "no image") for i, h in zip(ids, has_image) if not h]
+    skipped: list[tuple[str, str]] = [(i, "no image") for i, h in zip(ids, with_image) if not h]
 
     # images: embed each missing content hash once (duplicates share a file)
-    todo = cache.missing("image", [k for k, h in zip(img_keys, has_image) if h])
+    todo = cache.missing("image", [k for k, h in zip(img_keys, with_image) if h])
     first_row = {}
     for row, k in enumerate(img_keys):
         first_row.setdefault(k, row)
@@ -294,11 +295,11 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
 
     todo_set, ttodo_set = set(todo), set(ttodo)
     # assemble from the cache, in dataset order
-    img, found = cache.get("image", [k if h else "" for k, h in zip(img_keys, has_image)])
-    for row, (k, f, h) in enumerate(zip(img_keys, found, has_image)):
+    img, found = cache.get("image", [k if h else "" for k, h in zip(img_keys, with_image)])
+    for row, (k, f, h) in enumerate(zip(img_keys, found, with_image)):
         if h and not f:
             skipped.append((ids[row], f"image could not be decoded: {failed.get(k, 'unknown error')}"))
-    keep = found & np.array(has_image)
+    keep = found & np.array(with_image)
     rows = np.flatnonzero(keep)
     new_row = -np.ones(len(ids), dtype=np.int64)
     new_row[rows] = np.arange(len(rows))
@@ -309,7 +310,7 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         text=txt[tkeep], text_owner=new_row[owner_all[tkeep]], captions=[c for c, k in zip(captions, tkeep) if k],
         # Counted per distinct image/caption, so computed + cached = what the set needs embedded.
         skipped=skipped, computed={"images": len(todo) - len(failed), "captions": len(ttodo)},
-        cached={"images": len({k for k, h in zip(img_keys, has_image) if h} - todo_set),
+        cached={"images": len({k for k, h in zip(img_keys, with_image) if h} - todo_set),
                 "captions": len(set(txt_keys) - ttodo_set)},
         seconds=time.time() - t0, cache_path=str(cache.path))
 
@@ -324,7 +325,7 @@ def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
         return {"images": len(t), "images_cached": len(t), "captions": len(t), "captions_cached": len(t),
                 "cache_path": str(cache.path)}
     cache = EmbeddingCache(ws, resolve(model, download=False).fingerprint)
-    img_keys = [k for k in t["image_sha256"].tolist() if isinstance(k, str) and len(k) == 64]
+    img_keys = t["image_sha256"][has_image(t)].tolist()
     txt_keys = [text_key(c) for caps in t["captions"] for c in caps]
     miss_i, miss_t = set(cache.missing("image", img_keys)), set(cache.missing("text", txt_keys))
     return {"images": len(img_keys), "images_cached": sum(k not in miss_i for k in img_keys),

@@ -480,6 +480,12 @@ class EmbeddingCache:
         return out, found
 
 
+def has_image(table) -> np.ndarray:
+    """(N,) bool: the rows of a dataset table that have an image file (a sha256 of its bytes);
+    sets of imported vectors have none."""
+    return np.array([isinstance(k, str) and len(k) == 64 for k in table["image_sha256"].tolist()], dtype=bool)
+
+
 def image_id_finder(ds: "Dataset"):
     """find(image value) -> (dataset id, "") or (None, why): what a user's table names an image
     by, matched to the dataset's ids: by id (a whole number written as 17.0 counts as id 17),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmviz import builtin, synthetic
+from mmviz.finetune.losses import info_nce
 from mmviz.models import BUILTIN_ARCH, BUILTIN_DIR, BUILTIN_SPEC, load_model
 from mmviz.retrieval import recall_at_k
 
@@ -35,25 +36,25 @@ def _hand_loss(targets: list[list[float]]) -> float:
     return (sum(rows_ce) / 3 + sum(cols_ce) / 3) / 2
 
 
-def test_contrastive_loss_hard_targets():
+def test_info_nce_hard_targets():
     expected = _hand_loss([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     # logits [[1.6, 2, 0], [1.92, 1.2, -1.6], [1.2, 0, -2]]: rows give CE 0.9909, 1.1363, 3.4941 and
     # columns 1.1143, 1.2604, 2.2906 (logsumexp minus the diagonal): (1.8738 + 1.5551) / 2
     assert expected == pytest.approx(1.71444, abs=1e-5)
-    got = builtin.contrastive_loss(IMG, TXT, torch.tensor(SCALE))
+    got = info_nce(IMG, TXT, torch.tensor(SCALE))
     assert got.item() == pytest.approx(expected, abs=1e-6)
     # no same-text pairs is the same as hard targets
     same = torch.eye(3, dtype=torch.bool)
-    assert builtin.contrastive_loss(IMG, TXT, torch.tensor(SCALE), same).item() == pytest.approx(expected, abs=1e-6)
+    assert info_nce(IMG, TXT, torch.tensor(SCALE), same).item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_contrastive_loss_same_text_is_a_shared_positive():
+def test_info_nce_same_text_is_a_shared_positive():
     """Captions 0 and 2 are the same text: images 0 and 2 each have both as positives, half weight."""
     same = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1]], dtype=torch.bool)
     expected = _hand_loss([[0.5, 0, 0.5], [0, 1, 0], [0.5, 0, 0.5]])
-    got = builtin.contrastive_loss(IMG, TXT, torch.tensor(SCALE), same)
+    got = info_nce(IMG, TXT, torch.tensor(SCALE), same)
     assert got.item() == pytest.approx(expected, abs=1e-6)
-    assert got.item() != pytest.approx(builtin.contrastive_loss(IMG, TXT, torch.tensor(SCALE)).item(), abs=1e-3)
+    assert got.item() != pytest.approx(info_nce(IMG, TXT, torch.tensor(SCALE)).item(), abs=1e-3)
 
 
 def test_tiny_training_run_is_reproducible(tmp_path):

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import common
-from mmviz import geometry, transforms, viz
+from mmviz import viz
 from mmviz.finetune import runs
 from mmviz.models import ModelSpecError, ModelUnavailable
 from mmviz.finetune.losses import UNIMODAL
@@ -63,7 +63,7 @@ def curves(rows: list[dict], val: list[dict]) -> go.Figure:
     steps = [r["step"] for r in rows]
     fig.add_scatter(x=steps, y=[r["loss"] for r in rows], name="training loss", mode="lines")
     extras = [p for p in ("m2mix", "unimodal") if rows and p in rows[-1]]
-    for part in ["clip"] + extras if extras else []:  # the loss's terms, when it has more than one
+    for part in (["clip"] + extras) if extras else []:  # the loss's terms, when it has more than one
         fig.add_scatter(x=steps, y=[r.get(part) for r in rows], name=f"{part} term", mode="lines",
                         line={"dash": "dot"})
     if val:
@@ -110,23 +110,10 @@ def run_vectors(folder: str, mtime: float) -> tuple[dict, dict]:
     return load_vectors(folder, "before"), load_vectors(folder, "after")
 
 
-def headline(before: dict, after: dict) -> None:
-    labels = {**geometry.METRICS, **transforms.RECALL_METRICS}
-    for col, (k, better) in zip(st.columns(len(HEADLINE)), HEADLINE.items()):
-        change = round(after[k] - before[k], 3) + 0.0
-        col.metric(labels[k][0], f"{after[k]:.3f}", f"{change:+.3f}", delta_color=better,
-                   help=f"{labels[k][1]}. Before: {before[k]:.3f}")
-
-
 def compare(folder, result: dict) -> None:
     st.subheader("Before and after, on the validation split")
-    headline(result["before"], result["after"])
-    table = transforms.metric_table(result["before"], result["after"])
-    number = st.column_config.NumberColumn(format="%.4f")
-    st.dataframe(table.drop(columns="key"), hide_index=True, width="stretch", key="ft_table",
-                 column_config={"before": number, "after": number, "change": number})
-    common.download("Before/after metrics (CSV)", table.to_csv(index=False), f"{folder.name}-metrics.csv",
-                    "text/csv", "ft_dl_table")
+    common.metric_headline(result["before"], result["after"], HEADLINE)
+    common.metric_table(result["before"], result["after"], folder.name, "ft")
 
     before, after = run_vectors(str(folder), (folder / "after.npz").stat().st_mtime)
     method = COMPARE_PROJECTIONS[st.radio("Projection", list(COMPARE_PROJECTIONS), horizontal=True, key="ft_method")]

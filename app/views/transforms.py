@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 
 import common
-from mmviz import geometry, transforms, viz
+from mmviz import transforms, viz
 
 METRICS_MAX_N = 2048  # pairs for the O(n^2) metrics here: keeps a slider step near a second at 5,000 pairs
 KINDS = {"Collapse": "collapse", "Corrupt": "corrupt", "Shift": "shift"}
@@ -58,28 +58,6 @@ def parameters(kind: str, gap: float) -> dict:
 
 
 HEADLINE = {"gap_length": "inverse", "i2t_r1": "normal", "uniformity_union": "inverse", "relative_alignment": "normal"}
-
-
-def headline(before: dict, after: dict) -> None:
-    """The numbers a fix is judged by, after, with their change (green = better)."""
-    labels = {**geometry.METRICS, **transforms.RECALL_METRICS}
-    for col, (k, better) in zip(st.columns(len(HEADLINE)), HEADLINE.items()):
-        change = round(after[k] - before[k], 3) + 0.0  # + 0.0: no "-0.000" from float noise
-        col.metric(labels[k][0], f"{after[k]:.3f}", f"{change:+.3f}", delta_color=better,
-                   help=f"{labels[k][1]}. Before: {before[k]:.3f}")
-
-
-def table_view(before: dict, after: dict, name: str) -> None:
-    table = transforms.metric_table(before, after)
-    number = st.column_config.NumberColumn(format="%.4f")
-    st.dataframe(table.drop(columns="key"), hide_index=True, width="stretch", key="tf_table",
-                 column_config={"before": number, "after": number, "change": number,
-                                "meaning": st.column_config.TextColumn(width="large")})
-    st.caption(f"Uniformity, relative alignment and the C3 terms use a seeded sample of {METRICS_MAX_N:,} pairs; "
-               "each image's first caption stands for it in the geometry metrics, and recall@k counts any of its "
-               "captions.")
-    common.download("Before/after metrics (CSV)", table.to_csv(index=False), f"{name}-metrics.csv", "text/csv",
-                    "tf_dl_table")
 
 
 st.title("Transforms")
@@ -135,8 +113,11 @@ st.subheader("Metrics before and after")
 with st.spinner("Computing metrics…"):
     before = evaluated(key, "before", emb.image, emb.text, emb.text_owner)
     after = evaluated(key, variant, images, texts, emb.text_owner)
-headline(before, after)
-table_view(before, after, f"{key}-{kind}")
+common.metric_headline(before, after, HEADLINE)
+common.metric_table(before, after, f"{key}-{kind}", "tf",
+                    f"Uniformity, relative alignment and the C3 terms use a seeded sample of {METRICS_MAX_N:,} pairs; "
+                    "each image's first caption stands for it in the geometry metrics, and recall@k counts any of its "
+                    "captions.")
 
 
 def vectors_npz() -> bytes:  # built on click only: 20 MB at 5,000 pairs would slow every rerun

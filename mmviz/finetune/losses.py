@@ -100,8 +100,9 @@ def info_nce(images, texts, logit_scale, same=None):
     """Symmetric InfoNCE of CLIP, 1/2 [CE(s I T^T) + CE(s T I^T)]. images, texts (B, D)
     L2-normalised; logit_scale a scalar (1/temperature, already exponentiated). same: optional
     (B, B) bool, True where captions i and j are the same text: then all of them are positives
-    with equal weight (soft targets), exactly like mmviz.builtin.contrastive_loss. Returns the
-    mean of the image->text and text->image cross-entropies."""
+    with equal weight (soft targets): a small world repeats captions like "a red circle" within
+    a batch, and they are not negatives of each other (the builtin model is trained with this
+    too). Returns the mean of the image->text and text->image cross-entropies."""
     logits = logit_scale * images @ texts.T
     if same is None:
         target = torch.arange(len(images), device=images.device)

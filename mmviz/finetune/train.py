@@ -35,7 +35,7 @@ import torch
 
 from ..geometry import gap_length
 from ..retrieval import recall_at_k
-from ..store import Workspace, atomic_write_json
+from ..store import Workspace, atomic_write_json, has_image
 from .distributed import cleanup, gather_with_grad, setup_from_env
 from .losses import MAX_LOGIT_SCALE, FinetuneLoss, LossConfig
 
@@ -135,7 +135,7 @@ def preflight(home, config: FinetuneConfig) -> None:
     if not ws.exists(config.dataset):
         raise ValueError(f"no dataset {config.dataset!r} in {ws.home}")
     ds = ws.open(config.dataset)
-    n = int(sum(isinstance(k, str) and len(k) == 64 for k in ds.table()["image_sha256"].tolist()))
+    n = int(has_image(ds.table()).sum())
     if n == 0:
         raise ValueError(f"dataset {ds.name} has no images: fine-tuning needs image files, not only vectors")
     split = split_rows(n, config.val_fraction, config.seed, config.max_val)
@@ -237,8 +237,7 @@ class PairData:
         from ..embed import split_preprocess
 
         t = ds.table()
-        has_image = [isinstance(k, str) and len(k) == 64 for k in t["image_sha256"].tolist()]
-        self.rows = np.flatnonzero(has_image)
+        self.rows = np.flatnonzero(has_image(t))
         if len(self.rows) == 0:
             raise ValueError(f"dataset {ds.name} has no images: fine-tuning needs image files, not only vectors")
         self.ds = ds
