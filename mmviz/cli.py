@@ -443,6 +443,12 @@ def cmd_builtin_train_vqa(ws: Workspace, args) -> int:
     g = m["grounding"]["overall"]
     print(f"BAN attention on the object's box (questions about one object, n {g['n']}): more than half the mass "
           f"for {g['fraction_most_on_box']:.3f}, mean mass {g['mean_mass_on_box']:.3f}, chance {g['chance']:.3f}")
+    rel = m["grounding"].get("relation")
+    if rel:
+        per = ", ".join(f"glimpse {i}: subject {x['subject']:.2f} / object {x['object']:.2f}"
+                        for i, x in enumerate(rel["glimpses"]))
+        print(f"BAN attention on relation questions (n {rel['n']}): {per}; chance {rel['chance']['subject']:.2f} / "
+              f"{rel['chance']['object']:.2f}")
     return EXIT_OK
 
 
@@ -467,7 +473,7 @@ def cmd_vqa_questions(ws: Workspace, args) -> int:
     return EXIT_OK
 
 
-def _vqa_features(ws: Workspace, ds, loaded, examples, quiet: bool):
+def _vqa_features(ws: Workspace, ds, loaded, examples, quiet: bool, word_inputs: bool = False):
     """The examples (image = dataset id) with their image files, and their cached tokens."""
     from .vqa.data import FeatureCache, VQAExample
 
@@ -484,7 +490,7 @@ def _vqa_features(ws: Workspace, ds, loaded, examples, quiet: bool):
         bars.setdefault(stage, _Bar(f"{loaded.name} {stage} tokens", quiet))(done, total)
 
     try:
-        return FeatureCache(ws.home, loaded.fingerprint).features(loaded, with_files, progress)
+        return FeatureCache(ws.home, loaded.fingerprint, word_inputs=word_inputs).features(loaded, with_files, progress)
     finally:
         for b in bars.values():
             b.close()
@@ -496,6 +502,8 @@ def cmd_vqa_train(ws: Workspace, args) -> int:
     from .vqa.questions import question_splits, run_dir
     from .vqa.train import TrainConfig, train
 
+    if args.head != "ban" and (args.grid_coords or args.attended_xy):
+        return _err(f"--grid-coords and --attended-xy are options of the ban head, not {args.head}")
     try:
         ds = ws.open(args.name)
         splits = question_splits(ws, ds)
@@ -509,13 +517,14 @@ def cmd_vqa_train(ws: Workspace, args) -> int:
             loaded = load_model(args.model)
         except (ModelSpecError, ModelUnavailable, ValueError) as e:
             raise _Fail(f"model {args.model} cannot be loaded: {e}") from None
-        f_train = _vqa_features(ws, ds, loaded, train_ex, args.quiet)
-        f_val = _vqa_features(ws, ds, loaded, val_ex, args.quiet)
+        f_train = _vqa_features(ws, ds, loaded, train_ex, args.quiet, args.word_inputs)
+        f_val = _vqa_features(ws, ds, loaded, val_ex, args.quiet, args.word_inputs)
     except KeyError as e:
         return _err(e.args[0])
     except (_Fail, DataFormatError, ValueError) as e:  # ValueError: e.g. a model without patch tokens
         return _err(str(e))
-    config = TrainConfig(head=args.head, hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    config = TrainConfig(head=args.head, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
+                         word_inputs=args.word_inputs, grid_coords=args.grid_coords, attended_xy=args.attended_xy)
     print(f"{ds.name} under {args.model}: {args.head} head, {len(train_ex)} training and {len(val_ex)} validation "
           f"questions, {config.epochs} epoch{'s' * (config.epochs != 1)}")
 
@@ -527,7 +536,9 @@ def cmd_vqa_train(ws: Workspace, args) -> int:
         result = train(train_ex, val_ex, f_train, f_val, config, progress=epoch_done)
     except ValueError as e:
         return _err(str(e))
-    folder = save_head(result, run_dir(ws, ds.name, args.head, loaded.fingerprint, args.seed), args.model)
+    options = ("+words" * config.word_inputs + (f"+xy{config.grid_coords:g}" if config.grid_coords > 0 else "")
+               + "+att" * config.attended_xy)
+    folder = save_head(result, run_dir(ws, ds.name, args.head, loaded.fingerprint, args.seed, options), args.model)
     counts: dict[str, int] = {}
     for ex in val_ex:
         counts[ex.question_type] = counts.get(ex.question_type, 0) + 1
@@ -835,6 +846,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10, help="epochs (default 10)")
     t.add_argument("--seed", type=int, default=0, help="seed (default 0)")
     t.add_argument("--hidden", type=int, default=128, help="hidden size (default 128)")
+    t.add_argument("--word-inputs", action="store_true",
+                   help="word features are the last-layer tokens plus the input word embeddings (helps questions "
+                        "that hinge on one word such as left/right)")
+    t.add_argument("--grid-coords", type=float, default=0.0, metavar="SCALE",
+                   help="ban: append each patch's (x, y) times SCALE to its features (8 for the builtin model; "
+                        "default 0, off)")
+    t.add_argument("--attended-xy", action="store_true", help="ban: the classifier also reads each glimpse's "
+                                                             "attended (x, y)")
     _output_options(t, None, "no progress bars")
     t.set_defaults(func=cmd_vqa_train)
 

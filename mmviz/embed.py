@@ -377,20 +377,30 @@ def image_tokens(loaded: LoadedModel, images, layer: int | None = None) -> tuple
     return tokens, np.ones(tokens.shape[:2], dtype=bool)
 
 
-def text_tokens(loaded: LoadedModel, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def text_tokens(loaded: LoadedModel, texts: list[str], inputs: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-token text features: (tokens (B, L, W) float32, mask (B, L) bool, true from the
     start token through the end-of-text token). The text transformer's last-layer outputs
-    after its final layer norm, before pooling and projection; the words for BAN."""
+    after its final layer norm, before pooling and projection; the words for BAN.
+
+    `inputs`: tokens (B, L, 2W), the last-layer outputs followed by the transformer's input
+    (token + positional embedding) layer-normalised without gain, so both halves have the
+    scale of ln_final's output. Why: after twelve (or two) layers of attention the last-layer
+    tokens of "left" and "right" in a question are nearly the same vector (cosine 0.975 on the
+    builtin model), while the input still says which word it is and where it stands."""
     import torch
+    import torch.nn.functional as F
 
     m = loaded.model
     ids = loaded.tokenizer(texts).to(loaded.device)
     with torch.inference_mode():
         if hasattr(m, "token_embedding"):  # open_clip CLIP: the steps of CLIP.encode_text up to pooling
             cast = m.transformer.get_cast_dtype()
-            x = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)
-            x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+            x0 = m.token_embedding(ids).to(cast) + m.positional_embedding.to(cast)
+            x = m.ln_final(m.transformer(x0, attn_mask=m.attn_mask))
         elif hasattr(m, "text") and hasattr(m.text, "output_tokens"):
+            if inputs:
+                raise ValueError(f"{loaded.name}: input word embeddings are only read from open_clip's CLIP text "
+                                 f"tower, not {type(m.text).__name__}")
             old = m.text.output_tokens
             m.text.output_tokens = True
             try:
@@ -399,6 +409,8 @@ def text_tokens(loaded: LoadedModel, texts: list[str]) -> tuple[np.ndarray, np.n
                 m.text.output_tokens = old
         else:
             raise ValueError(f"{loaded.name}: no per-token text features for {type(m).__name__}")
+        if inputs:
+            x = torch.cat([x.float(), F.layer_norm(x0.float(), x0.shape[-1:])], dim=-1)
     eot = ids.argmax(dim=-1)  # CLIP's end-of-text token has the largest id in the vocabulary
     mask = torch.arange(ids.shape[1], device=ids.device)[None, :] <= eot[:, None]
     return x.float().cpu().numpy(), mask.cpu().numpy()

@@ -223,18 +223,52 @@ def _questions(shapes: list[Shape], rng: random.Random) -> list[Question]:
         present = {(s.colour, s.shape) for s in shapes}
         c, sh = rng.choice([(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present])
         qs.append(Question(f"is there a {c} {sh}?", "no", "exists", []))
-    pairs = [(i, j, rel) for i, x in enumerate(shapes) for j, y in enumerate(shapes) if i != j for rel in _relations(x, y)]
+    pairs = _relation_pairs(shapes)
     if pairs:
         i, j, rel = rng.choice(pairs)
-        opposite = {"to the left of": "to the right of", "to the right of": "to the left of",
-                    "above": "below", "below": "above"}[rel]
-        if rng.random() < 0.5:
-            qs.append(Question(f"is the {shapes[i].phrase()} {rel} the {shapes[j].phrase()}?", "yes", "relation", [i, j]))
-        else:
-            qs.append(Question(f"is the {shapes[i].phrase()} {opposite} the {shapes[j].phrase()}?", "no", "relation", [i, j]))
+        qs.append(_relation_question(shapes, i, j, rel, rng.random() < 0.5))
     for q in qs:
         q.question = _articles(q.question)
     return qs
+
+
+_OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
+             "below": "above"}
+
+
+def _relation_pairs(shapes: list[Shape]) -> list[tuple[int, int, str]]:
+    """(i, j, relation) for every ordered pair of shapes and relation of i to j that holds."""
+    return [(i, j, rel) for i, x in enumerate(shapes) for j, y in enumerate(shapes) if i != j
+            for rel in _relations(x, y)]
+
+
+def _relation_question(shapes: list[Shape], i: int, j: int, rel: str, yes: bool) -> Question:
+    """"is the <i> <rel> the <j>?" -> yes, or the same with the opposite relation -> no."""
+    asked = rel if yes else _OPPOSITE[rel]
+    return Question(_articles(f"is the {shapes[i].phrase()} {asked} the {shapes[j].phrase()}?"),
+                    "yes" if yes else "no", "relation", [i, j])
+
+
+def add_relation_questions(scenes: list[Scene], per_scene: int, seed: int = 0) -> int:
+    """Append up to `per_scene` more relation questions to each scene, about (subject, object,
+    relation) triples that hold, on pairs the scene does not ask about yet, each asked as is
+    (yes) or with the opposite relation (no) at random; returns how many were added. A pair with
+    two relations (left of and above) may be asked about both.
+
+    Why: a scene asks one relation question, and a BAN head needs tens of thousands of them
+    before its glimpses bind to subject and object; more questions on the same images are the
+    cheapest way there. Seeded per scene (by seed and scene id), so the result does not depend
+    on which other scenes are in the list."""
+    added = 0
+    for s in scenes:
+        rng = random.Random(hashlib.sha256(f"mmviz-shapes-relations/{seed}/{s.id}".encode()).digest())
+        asked = {tuple(q.objects) for q in s.questions if q.type == "relation"}
+        triples = [t for t in _relation_pairs(s.shapes) if (t[0], t[1]) not in asked]
+        rng.shuffle(triples)
+        for i, j, rel in triples[:per_scene]:
+            s.questions.append(_relation_question(s.shapes, i, j, rel, rng.random() < 0.5))
+            added += 1
+    return added
 
 
 def _foils(shapes: list[Shape], captions: list[str], rng: random.Random) -> list[Foil]:

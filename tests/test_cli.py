@@ -400,7 +400,7 @@ def test_transform_shift_zero_and_corrupt(demo_home, capsys):
                                   ["search", "shapes-demo"], ["transform", "shapes-demo", "--corrupt", "lots"],
                                   ["score", "shapes-demo"],  # one source of candidates, exactly
                                   ["score", "shapes-demo", "--demo", "--candidates", "x.csv"]])
-def test_usage_errors_exit_2(argv, capsys):
+def test_subcommand_usage_errors_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
@@ -508,6 +508,22 @@ def test_vqa_train_on_the_demo_prints_the_table_and_saves_the_head(demo_home, ca
         assert (folder / name).is_file()
     doc = json.loads((folder / "config.json").read_text())
     assert doc["clip_model"] == "builtin:shapes" and doc["hidden"] == 32 and doc["epochs"] == 1
+    # the options for where-questions: their own run folder, the config says how to read the words
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "shapes-demo", "--epochs", "1", "--hidden", "32",
+                       "--word-inputs", "--grid-coords", "8", "--attended-xy", "-q")
+    assert rc == 0, err
+    wide = Path(out.splitlines()[-1].removeprefix("saved "))
+    assert wide.name == folder.name.replace("ban-", "ban+words+xy8+att-")
+    doc = json.loads((wide / "config.json").read_text())
+    assert (doc["word_inputs"], doc["grid_coords"], doc["attended_xy"], doc["dq"]) == (True, 8.0, True, 128)
+    from mmviz import synthetic
+    from mmviz.vqa import VQAHead
+
+    scene = synthetic.make_world(1, 0, 0, seed=0)["train"][0]
+    asked = VQAHead(wide).ask(synthetic.render(scene), "is the red circle to the left of the blue square?")
+    assert asked.attention.shape[0] == 2 and len(asked.answers) == 5
+    rc, out, err = run(capsys, "--home", home, "vqa", "train", "shapes-demo", "--head", "concat", "--grid-coords", "8")
+    assert rc == 1 and "--grid-coords and --attended-xy are options of the ban head, not concat" in err
     # the second run reuses the cached tokens and writes its own run folder
     rc, out, err = run(capsys, "--home", home, "vqa", "train", "shapes-demo", "--epochs", "1", "--hidden", "32",
                        "--head", "concat", "--seed", "2", "-q")

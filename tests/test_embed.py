@@ -293,6 +293,39 @@ def test_token_features_pool_to_the_embeddings(spec):
     assert lm.model.visual.output_tokens is False  # the model is left as it was
 
 
+def test_text_tokens_with_input_embeddings(spec):
+    """inputs=True appends, per token, the transformer's input (token + positional embedding)
+    normalised to zero mean and unit variance: written out here with numpy. It separates
+    "left" from "right" far better than the last layer does, which is why it exists."""
+    import torch
+
+    from mmviz.embed import text_tokens
+    from mmviz.models import load_model
+
+    lm = load_model(spec)
+    texts = ["is the red circle to the left of the blue square?", "is the red circle to the right of the blue square?"]
+    last, mask = text_tokens(lm, texts)
+    both, mask2 = text_tokens(lm, texts, inputs=True)
+    w = last.shape[-1]
+    assert both.shape == (2, last.shape[1], 2 * w) and (mask2 == mask).all()
+    np.testing.assert_allclose(both[..., :w], last, atol=1e-6)
+    with torch.no_grad():
+        x0 = (lm.model.token_embedding(lm.tokenizer(texts)) + lm.model.positional_embedding).numpy()
+    ref = (x0 - x0.mean(-1, keepdims=True)) / np.sqrt(x0.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(both[..., w:], ref, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(both[..., w:], axis=-1), np.sqrt(w), rtol=0.02)  # eps 1e-5: small weights
+    k = 7  # <start> is the red circle to the LEFT / RIGHT: the first token where the two differ
+
+    def cos(a, b):
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert (lm.tokenizer(texts)[0] != lm.tokenizer(texts)[1]).nonzero()[0].item() == k
+    trained = load_model("builtin:shapes")  # the claim is about a trained text tower
+    both = text_tokens(trained, texts, inputs=True)[0]
+    assert cos(both[0, k, :w], both[1, k, :w]) > 0.95  # measured 0.964: last layer, nearly the same word
+    assert cos(both[0, k, w:], both[1, k, w:]) < 0.7  # measured 0.597: the input tells them apart
+
+
 def test_image_tokens_of_an_earlier_layer(spec):
     """layer=None is the last layer as the ViT's forward gives it (unchanged); layer=k runs
     the ViT's own embedding steps and its first k blocks, without ln_post: k = all blocks is

@@ -273,3 +273,36 @@ def test_write_imagefolder_round_trip(world, tmp_path):
     assert len(vqa) == sum(len(s.questions) for s in scenes)
     foils = (folder / "foils.jsonl").read_text().splitlines()
     assert len(foils) == sum(len(s.foils) for s in scenes)
+
+
+def test_add_relation_questions_are_true_new_and_seeded():
+    scenes = make_world(150, 0, 0, seed=3)["train"]
+    before = {s.id: list(s.questions) for s in scenes}
+    added = synthetic.add_relation_questions(scenes, 3, seed=7)
+    answers = []
+    for s in scenes:
+        old = before[s.id]
+        assert s.questions[:len(old)] == old  # appended, nothing replaced
+        new = s.questions[len(old):]
+        assert len(new) <= 3
+        texts = [q.question for q in s.questions]
+        assert len(texts) == len(set(texts))  # no question asked twice
+        old_pairs = {tuple(q.objects) for q in old if q.type == "relation"}
+        for q in new:
+            assert q.type == "relation" and answer(s, q) == q.answer, (s.id, q)
+            assert tuple(q.objects) not in old_pairs
+            answers.append(q.answer)
+        # as many as the scene has (pair, relation) triples that hold on unasked pairs, up to 3
+        possible = [(i, j, r) for i, a in enumerate(s.shapes) for j, b in enumerate(s.shapes) for r in RELATIONS
+                    if i != j and holds(a, r, b) and (i, j) not in old_pairs]
+        assert len(new) == min(3, len(possible))
+    assert added == len(answers) > 150
+    assert 0.4 < np.mean([a == "yes" for a in answers]) < 0.6
+    # seeded per scene: the same scenes in another order and company get the same questions
+    again = make_world(150, 0, 0, seed=3)["train"][::-1][:40]
+    synthetic.add_relation_questions(again, 3, seed=7)
+    by_id = {s.id: s.questions for s in scenes}
+    assert all(s.questions == by_id[s.id] for s in again)
+    other = make_world(150, 0, 0, seed=3)["train"]
+    synthetic.add_relation_questions(other, 3, seed=8)
+    assert any(a.questions != b.questions for a, b in zip(other, scenes))

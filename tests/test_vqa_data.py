@@ -240,3 +240,45 @@ def test_feature_cache_keys_the_layer(tmp_path, shapes_model):
     assert again.computed["images"] == 0
     with pytest.raises(ValueError, match="layer"):
         FeatureCache(tmp_path / "home", shapes_model.fingerprint, layer=-1)
+
+
+def test_feature_cache_keys_word_inputs(tmp_path, shapes_model):
+    """Words with input embeddings go to their own folder, twice as wide, the first half the
+    plain cache's tokens; the images are the same patch tokens."""
+    scenes = synthetic.make_world(2, 0, 0, seed=5)["train"]
+    ex = shapes_examples(scenes, tmp_path / "images")[:4]
+    plain = FeatureCache(tmp_path / "home", shapes_model.fingerprint)
+    wide = FeatureCache(tmp_path / "home", shapes_model.fingerprint, word_inputs=True)
+    assert wide.path.name == plain.path.name + "-inputs"
+    v, vm, q, qm = plain.features(shapes_model, ex)
+    v2, vm2, q2, qm2 = wide.features(shapes_model, ex)
+    assert q2.shape == (*q.shape[:2], 2 * q.shape[2]) and (qm2 == qm).all()
+    np.testing.assert_array_equal(q2[..., :q.shape[2]], q)  # both float16 in the cache
+    assert np.abs(q2[..., q.shape[2]:][~qm]).max() == 0  # padding is zero in both halves
+    np.testing.assert_array_equal(v2, v)
+
+
+def test_shapes_region_targets():
+    from mmviz.vqa.data import box_patches, patch_boxes, shapes_region_targets
+
+    scenes = synthetic.make_world(30, 0, 0, seed=4)["train"]
+    synthetic.add_relation_questions(scenes, 2)
+    qs = [(s, q) for s in scenes for q in s.questions]
+    t = shapes_region_targets(scenes, 64)
+    assert t.shape == (len(qs), 2, 64) and t.dtype == np.float32
+    patches = patch_boxes(64)
+    n_rel = 0
+    for row, (s, q) in zip(t, qs):
+        if q.type != "relation":
+            assert not row.any()
+            continue
+        n_rel += 1
+        for g, i in enumerate(q.objects):  # glimpse 0: the subject, glimpse 1: the object
+            on = box_patches(s.shapes[i].bbox, patches)
+            assert abs(row[g].sum() - 1) < 1e-6 and (row[g] > 0).tolist() == on.tolist()
+            np.testing.assert_allclose(row[g][on], 1 / on.sum())
+    assert n_rel > 30
+    # other types on request: one object -> glimpse 0 only; a 1-glimpse head gets one row
+    colour = shapes_region_targets(scenes, 64, glimpses=1, types=("colour",))
+    assert colour.shape == (len(qs), 1, 64)
+    assert [bool(r.any()) for r in colour] == [q.type == "colour" for _, q in qs]

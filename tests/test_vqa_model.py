@@ -1,11 +1,14 @@
 """VQA answer heads: shapes, exact masking, gradients, overfitting tiny tasks, BAN's grounding."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mmviz.vqa.model import BAN, HEADS, BilinearAttention, BilinearPool, make_head, soft_score, vqa_loss
+from mmviz.vqa.model import (BAN, HEADS, BilinearAttention, BilinearPool, attention_supervision_loss, grid_centres,
+                             make_head, soft_score, vqa_loss)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -210,3 +213,105 @@ def test_ban_attends_to_the_region_the_word_names():
     assert acc == 1.0
     best = att[key == 2].sum(-1)[:, :, 3].max(1).values  # region 3's mass in its best glimpse
     assert (best > 0.5).float().mean() >= 0.7
+
+
+# ---------------------------------------------------------------------------- position options
+
+
+def test_grid_centres_by_hand():
+    # 2 x 2 patches, row-major: (col, row) centres at 1/4 and 3/4 of the side, mapped to [-1, 1]
+    torch.testing.assert_close(grid_centres(4), torch.tensor([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]]))
+    c = grid_centres(64)
+    assert c.shape == (64, 2) and c.min() == -7 / 8 and c.max() == 7 / 8
+    assert c[9].tolist() == [-5 / 8, -5 / 8]  # row 1, column 1
+    with pytest.raises(ValueError, match="not a square grid"):
+        grid_centres(5)
+
+
+def _square_inputs(seed=0, r=4):
+    g = torch.Generator().manual_seed(seed)
+    v, q = torch.randn(B, r, DV, generator=g), torch.randn(B, L, DQ, generator=g)
+    v_mask, q_mask = torch.ones(B, r, dtype=torch.bool), torch.ones(B, L, dtype=torch.bool)
+    v_mask[0, -1] = False
+    q_mask[1, -2:] = False
+    return v, q, v_mask, q_mask
+
+
+def test_grid_coords_are_regions_features_appended():
+    """BAN(grid_coords=s) on v is the plain BAN on [v ; s * (x, y)] with the same weights, and
+    padding stays isolated though the padded patch has coordinates."""
+    v, q, v_mask, q_mask = _square_inputs()
+    torch.manual_seed(0)
+    with_xy = BAN(DV, DQ, A, hidden=8, grid_coords=3.0).eval()
+    plain = BAN(DV + 2, DQ, A, hidden=8).eval()
+    plain.load_state_dict(with_xy.state_dict())
+    appended = torch.cat([v, 3.0 * grid_centres(4).expand(B, 4, 2)], -1)
+    got, att = with_xy(v, q, v_mask, q_mask)
+    want, att_plain = plain(appended, q, v_mask, q_mask)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(att, att_plain)
+    assert (att[0, :, -1] == 0).all() and (att[1, :, :, -2:] == 0).all()
+    torch.testing.assert_close(att.sum((2, 3)), torch.ones(B, G))
+    with pytest.raises(ValueError, match="not a square grid"):
+        with_xy(*_inputs())  # 5 regions
+
+
+def test_attended_xy_feeds_each_glimpse_position_to_the_classifier():
+    v, q, v_mask, q_mask = _square_inputs()
+    torch.manual_seed(0)
+    head = BAN(DV, DQ, A, hidden=8, attended_xy=True).eval()
+    seen = {}
+    head.classifier.register_forward_hook(lambda mod, inp, out: seen.setdefault("x", inp[0]))
+    _, att = head(v, q, v_mask, q_mask)
+    x = seen["x"]
+    assert x.shape == (B, DQ + 2 * G)
+    centres = grid_centres(4)
+    for g in range(G):
+        # the attention-weighted mean of the patch centres, written out
+        expected = torch.stack([sum(att[b, g, r].sum() * centres[r] for r in range(4)) for b in range(B)])
+        torch.testing.assert_close(x[:, DQ + 2 * g: DQ + 2 * g + 2], expected)
+    # the padded patch of example 0 has no weight, so its coordinates do not move the position
+    assert att[0, :, -1].sum() == 0
+
+
+def test_attention_supervision_loss_by_hand():
+    # one example, 2 glimpses, 4 regions, 2 words; glimpse 0's region marginal is (.5, .25, .25, 0)
+    att = torch.zeros(1, 2, 4, 2)
+    att[0, 0, 0] = torch.tensor([0.3, 0.2])
+    att[0, 0, 1, 0], att[0, 0, 2, 1] = 0.25, 0.25
+    att[0, 1, 3, 0] = 1.0
+    target = torch.tensor([[[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]])  # glimpse 1 free
+    # KL = .5 log(.5/.5) + .5 log(.5/.25) = .5 log 2
+    half_log2 = torch.tensor(0.5 * math.log(2))
+    torch.testing.assert_close(attention_supervision_loss(att, target), half_log2, atol=1e-6, rtol=0)
+    # supervising glimpse 1 too, on the one region it holds: KL 0 there
+    both = target.clone()
+    both[0, 1, 3] = 1.0
+    torch.testing.assert_close(attention_supervision_loss(att, both), half_log2, atol=1e-6, rtol=0)
+    # fewer target rows than glimpses: glimpses past them are free; the mean runs over the batch
+    two = torch.cat([att, att]), torch.cat([target[:, :1], torch.zeros(1, 1, 4)])
+    torch.testing.assert_close(attention_supervision_loss(*two), torch.tensor(0.25 * math.log(2)), atol=1e-6, rtol=0)
+    assert attention_supervision_loss(att, torch.zeros(1, 2, 4)) == 0
+
+
+def test_supervision_puts_each_glimpse_on_its_target():
+    """On random features, training only the attention term moves glimpse 0 to region 1 and
+    glimpse 1 to region 2 of every example (the masked region stays at 0)."""
+    v, q, v_mask, q_mask = _square_inputs(seed=1)
+    torch.manual_seed(0)
+    head = BAN(DV, DQ, A, hidden=16, dropout=0.0, grid_coords=1.0)
+    target = torch.zeros(B, 2, 4)
+    target[:, 0, 1] = 1.0
+    target[:, 1, 2] = 1.0
+    opt = torch.optim.Adamax(head.parameters(), lr=2e-2)
+    first = None
+    for _ in range(150):
+        loss = attention_supervision_loss(head(v, q, v_mask, q_mask)[1], target)
+        first = loss.item() if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _, att = head.eval()(v, q, v_mask, q_mask)
+    marginal = att.sum(-1)  # (B, G, R)
+    assert loss.item() < 0.05 * first
+    assert (marginal[:, 0, 1] > 0.9).all() and (marginal[:, 1, 2] > 0.9).all(), marginal

@@ -160,6 +160,10 @@ else:
     glimpse = controls[0].segmented_control("Glimpse", ["mean", *[str(i + 1) for i in range(g)]], default="mean",
                                             key="vqa_glimpse") or "mean"
     word_choice = controls[1].selectbox("Word", ["all words", *result.words], key="vqa_word")
+    if head.config.attention_weight > 0 and g >= 2:
+        st.caption("This head's glimpses were trained to find the objects a relation question names (attention "
+                   "supervised with the shapes world's object boxes): glimpse 1 the first object, glimpse 2 the "
+                   "second. On other questions they are free.")
     gi = None if glimpse == "mean" else int(glimpse) - 1
     wi = None if word_choice == "all words" else result.words.index(word_choice)
     att = result.attention.mean(0) if gi is None else result.attention[gi]
@@ -179,3 +183,10 @@ if table is not None:
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
     common.download("Accuracy by question type (CSV)", table.to_csv(index=False), "vqa-accuracy.csv", "text/csv",
                     "vqa_dl_acc")
+    binding = (head.metrics() or {}).get("grounding", {}).get("relation")
+    if binding:
+        per = "; ".join(f"glimpse {i + 1}: {x['subject']:.2f} on the first object, {x['object']:.2f} on the second"
+                        for i, x in enumerate(binding["glimpses"]))
+        st.caption(f"Where BAN looks on the {binding['n']} validation relation questions (attention mass on each "
+                   f"object's patches): {per}. A uniform map would put {binding['chance']['subject']:.2f} and "
+                   f"{binding['chance']['object']:.2f} there.")

@@ -325,6 +325,45 @@ def question_boxes(scene, question) -> list[tuple[int, int, int, int]]:
     return [scene.shapes[i].bbox for i in question.objects]
 
 
+def patch_boxes(n_regions: int, image_size: int = 64) -> np.ndarray:
+    """(R, 4) pixel boxes (x0, y0, x1, y1) of a ViT's patch tokens on a square grid. open_clip's
+    ViT makes them with a conv of stride patch_size then flatten(2): token r is grid row
+    r // side, column r % side (row-major)."""
+    side = int(round(np.sqrt(n_regions)))
+    if side * side != n_regions:
+        raise ValueError(f"{n_regions} regions are not a square grid of patches")
+    p = image_size / side
+    r = np.arange(n_regions)
+    row, col = r // side, r % side
+    return np.stack([col * p, row * p, (col + 1) * p, (row + 1) * p], axis=1)
+
+
+def box_patches(box, patches: np.ndarray) -> np.ndarray:
+    """(R,) bool: the patches that overlap the pixel box (x0, y0, x1, y1), end-exclusive."""
+    x0, y0, x1, y1 = box
+    return (patches[:, 0] < x1) & (patches[:, 2] > x0) & (patches[:, 1] < y1) & (patches[:, 3] > y0)
+
+
+
+def shapes_region_targets(scenes, n_regions: int, glimpses: int = 2, types=("relation",),
+                          image_size: int = 64) -> np.ndarray:
+    """(N, glimpses, R) attention targets for `shapes_examples(scenes)` (same order): for a
+    question of one of `types`, row g is uniform over the patches overlapping the box of the
+    g-th object it names (a relation names its subject, then its object); every other row is
+    all zero, meaning "not supervised". For `train(..., region_targets=...)`."""
+    patches = patch_boxes(n_regions, image_size)
+    rows = []
+    for s in scenes:
+        for q in s.questions:
+            t = np.zeros((glimpses, n_regions), np.float32)
+            if q.type in types:
+                for g, box in enumerate(question_boxes(s, q)[:glimpses]):
+                    on = box_patches(box, patches)
+                    t[g, on] = 1.0 / on.sum()
+            rows.append(t)
+    return np.stack(rows) if rows else np.zeros((0, glimpses, n_regions), np.float32)
+
+
 # ----------------------------------------------------------------------------------------
 # features of the frozen encoder
 
@@ -341,15 +380,19 @@ class FeatureCache(EmbeddingCache):
 
     `layer` is `image_tokens`'s: None (the last layer) keeps the folder above; an int k caches
     under `<fingerprint>-layer<k>/` instead, so tokens of different layers never mix.
+    `word_inputs` is `text_tokens`'s `inputs` (last-layer tokens followed by the normalised input
+    embeddings, twice as wide); such a cache adds `-inputs` to the folder name.
     """
 
-    def __init__(self, workspace_home: str | os.PathLike | Workspace, fingerprint: str, layer: int | None = None):
+    def __init__(self, workspace_home: str | os.PathLike | Workspace, fingerprint: str, layer: int | None = None,
+                 word_inputs: bool = False):
         home = workspace_home.home if isinstance(workspace_home, Workspace) else Path(workspace_home)
         super().__init__(Workspace(home), fingerprint)
         if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
             raise ValueError(f"layer must be None or an int >= 0, not {layer!r}")
-        self.layer = layer
-        self.path = home / "vqa-features" / (fingerprint if layer is None else f"{fingerprint}-layer{layer}")
+        self.layer, self.word_inputs = layer, bool(word_inputs)
+        folder = fingerprint + ("" if layer is None else f"-layer{layer}") + ("-inputs" if self.word_inputs else "")
+        self.path = home / "vqa-features" / folder
         self.computed = {"images": 0, "questions": 0}  # what the last `features` call computed
 
     def put(self, modality: str, keys: list[str], tokens: np.ndarray, mask: np.ndarray) -> None:  # type: ignore[override]
@@ -419,7 +462,7 @@ class FeatureCache(EmbeddingCache):
         qfirst = dict(zip(q_keys, [ex.question for ex in examples]))
         for start in range(0, len(qtodo), 256):
             keys = qtodo[start:start + 256]
-            tok, mask = text_tokens(loaded, [qfirst[k] for k in keys])
+            tok, mask = text_tokens(loaded, [qfirst[k] for k in keys], inputs=self.word_inputs)
             n = int(mask.sum(axis=1).max())  # the mask is a prefix: start token through end-of-text
             self.put("text", keys, tok[:, :n], mask[:, :n])
             self.computed["questions"] += len(keys)

@@ -87,7 +87,7 @@ class VQAHead:
         x = self.loaded.preprocess(pil.convert("RGB"))[None]
         with torch.inference_mode():
             v, v_mask = image_tokens(self.loaded, x)
-        q, q_mask = text_tokens(self.loaded, [question])
+        q, q_mask = text_tokens(self.loaded, [question], inputs=self.config.word_inputs)  # as trained
         n = int(q_mask[0].sum())  # real tokens: start marker through end marker
         ids = self.loaded.tokenizer([question])[0][:n].tolist()
         decode = getattr(self.loaded.tokenizer, "decode", None)

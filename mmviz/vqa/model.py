@@ -134,23 +134,71 @@ class BAN(nn.Module):
     P_g is a weight-normalised linear hidden -> dq without activation (BAN's q_prj). The maps are
     computed once, before the residual updates, as in BAN. forward(v, q, v_mask, q_mask) ->
     (logits (B, num_answers), attention (B, G, R, L)); A_g is what the app shows.
+
+    Two options for questions about where things are, both off by default (the plain BAN):
+    - grid_coords > 0: each region gets its patch centre (x, y) in [-1, 1], times grid_coords,
+      appended to its features (regions must be a square grid of patches, row-major). BAN's
+      detector regions come with their boxes; patch tokens only carry position implicitly, and
+      a probe on them reads an object's side poorly. The scale puts the two numbers on the
+      tokens' own scale (their norm is about 8-11 on the builtin model), or the weight-normalised
+      layers would hardly see them.
+    - attended_xy: the classifier also reads each glimpse's attended position, the (x, y) of the
+      patch centres averaged under the glimpse's region marginal: "is A left of B" is then a
+      comparison of two numbers once glimpse 0 is on A and glimpse 1 on B.
     """
 
     def __init__(self, dv: int, dq: int, num_answers: int, hidden: int = 256, glimpses: int = 2,
-                 k: int = 3, dropout: float = 0.2):
+                 k: int = 3, dropout: float = 0.2, grid_coords: float = 0.0, attended_xy: bool = False):
         super().__init__()
-        self.attention = BilinearAttention(dv, dq, hidden, glimpses, k, dropout)
-        self.pools = nn.ModuleList(BilinearPool(dv, dq, hidden, k, dropout) for _ in range(glimpses))
+        self.grid_coords, self.attended_xy = float(grid_coords), bool(attended_xy)
+        dv_in = dv + (2 if self.grid_coords > 0 else 0)
+        self.attention = BilinearAttention(dv_in, dq, hidden, glimpses, k, dropout)
+        self.pools = nn.ModuleList(BilinearPool(dv_in, dq, hidden, k, dropout) for _ in range(glimpses))
         self.q_proj = nn.ModuleList(_wn_linear(hidden, dq) for _ in range(glimpses))
-        self.classifier = _classifier(dq, hidden, num_answers, dropout)
+        self.classifier = _classifier(dq + (2 * glimpses if self.attended_xy else 0), hidden, num_answers, dropout)
 
     def forward(self, v, q, v_mask, q_mask):
+        if self.grid_coords > 0 or self.attended_xy:
+            xy = grid_centres(v.shape[1]).to(v)
+        if self.grid_coords > 0:
+            v = torch.cat([v, (xy * self.grid_coords).expand(v.shape[0], -1, -1)], dim=-1)
         att, _ = self.attention(v, q, v_mask, q_mask)
         for g, (pool, proj) in enumerate(zip(self.pools, self.q_proj)):
             b = pool(v, q, att[:, g])
             q = q + proj(b)[:, None, :]
         pooled = (q * q_mask.to(q.dtype)[..., None]).sum(1)  # padded words carry b too: drop them
+        if self.attended_xy:
+            pooled = torch.cat([pooled, torch.einsum("bgrl,rc->bgc", att, xy).flatten(1)], dim=-1)
         return self.classifier(pooled), att
+
+
+def grid_centres(n_regions: int) -> torch.Tensor:
+    """(R, 2) patch centres (x, y) in [-1, 1] of a square grid of R patch tokens, row-major
+    (token r is row r // side, column r % side, as open_clip's ViT flattens its patches)."""
+    side = int(round(n_regions ** 0.5))
+    if side * side != n_regions:
+        raise ValueError(f"{n_regions} regions are not a square grid of patches, so they have no grid position")
+    r = torch.arange(n_regions, dtype=torch.float32)
+    return torch.stack([(r % side + 0.5) / side, (r // side + 0.5) / side], dim=1) * 2 - 1
+
+
+def attention_supervision_loss(attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """sum_g KL(t_g || a_g), mean over the batch: a_g is glimpse g's map summed over words (its
+    distribution over regions), t_g a target distribution over regions, usually uniform over
+    the patches of the object the g-th glimpse should find. A target row that is all zero
+    contributes nothing (that glimpse of that question is free).
+
+    attention (B, G, R, L); targets (B, G', R) with G' <= G (glimpses past G' are free). Why it
+    exists: trained on answers alone, BAN's glimpses never settle on one object each (both
+    spread over both objects of a relation, which then stays at chance); with this term glimpse
+    0 learns to find the subject and glimpse 1 the object. The same idea as supervising VQA
+    attention with human attention maps (Qiao et al., AAAI 2018), here with object boxes."""
+    g = targets.shape[1]
+    marginal = attention[:, :g].sum(-1)  # (B, G', R)
+    t = targets.to(marginal.dtype)
+    # t log t is 0 where t is 0; the 1e-8 keeps log finite where the map is exactly 0 (padding).
+    kl = (t * (torch.log(t.clamp(min=1e-12)) - torch.log(marginal + 1e-8))).sum(-1)
+    return kl.sum(1).mean()
 
 
 class ConcatMLP(nn.Module):

@@ -38,9 +38,10 @@ def questions_path(ws: Workspace, name: str) -> Path:
     return vqa_home(ws, name) / "questions.jsonl"
 
 
-def run_dir(ws: Workspace, name: str, head: str, fingerprint: str, seed: int) -> Path:
-    """Where `mmviz vqa train` saves a head: runs/<head>-<model fingerprint[:10]>-s<seed>."""
-    return vqa_home(ws, name) / "runs" / f"{head}-{fingerprint[:10]}-s{seed}"
+def run_dir(ws: Workspace, name: str, head: str, fingerprint: str, seed: int, options: str = "") -> Path:
+    """Where `mmviz vqa train` saves a head: runs/<head>[<options>]-<model fingerprint[:10]>-s<seed>;
+    `options` (e.g. "+words+xy8") keeps heads trained with other feature options apart."""
+    return vqa_home(ws, name) / "runs" / f"{head}{options}-{fingerprint[:10]}-s{seed}"
 
 
 @dataclass

@@ -24,7 +24,7 @@ import torch
 
 from ..store import atomic_write_bytes, atomic_write_json
 from .data import AnswerVocab, VQAExample, soft_targets, vqa_accuracy
-from .model import make_head, vqa_loss
+from .model import attention_supervision_loss, make_head, vqa_loss
 
 # progress(epoch, epochs, metrics) after each epoch; metrics is that epoch's history entry.
 TrainProgress = Callable[[int, int, dict], None]
@@ -43,6 +43,11 @@ class TrainConfig:
     seed: int = 0
     min_count: int = 1  # answer vocabulary: answers seen at least this often in training ...
     max_answers: int = 3000  # ... and at most this many of them
+    # Where-questions (see model.BAN and embed.text_tokens): 0 / False is the plain BAN.
+    word_inputs: bool = False  # word features are text_tokens(inputs=True): last layer + input embeddings
+    grid_coords: float = 0.0  # BAN: patch (x, y) times this appended to each region
+    attended_xy: bool = False  # BAN: each glimpse's attended (x, y) into the classifier
+    attention_weight: float = 0.0  # BAN: weight of attention_supervision_loss where region targets are given
 
 
 @dataclass
@@ -67,7 +72,7 @@ class TrainResult:
 def _head_kwargs(config: TrainConfig) -> dict:
     kw = {"hidden": config.hidden}
     if config.head == "ban":
-        kw["glimpses"] = config.glimpses
+        kw.update(glimpses=config.glimpses, grid_coords=config.grid_coords, attended_xy=config.attended_xy)
     return kw
 
 
@@ -123,8 +128,12 @@ def majority_answers(train_examples: list[VQAExample]) -> tuple[dict[str, str], 
 
 def train(train_examples: list[VQAExample], val_examples: list[VQAExample], features_train: Features,
           features_val: Features, config: TrainConfig | None = None,
-          progress: TrainProgress | None = None) -> TrainResult:
+          progress: TrainProgress | None = None, region_targets: np.ndarray | None = None) -> TrainResult:
     """Train `config.head` on the training features, validating after every epoch.
+
+    `region_targets` (N, G', R), one per training example, with `config.attention_weight` > 0
+    and the BAN head: add attention_weight * attention_supervision_loss (rows of zeros leave a
+    glimpse free; `data.shapes_region_targets` makes them for the shapes world).
 
     Deterministic for a given seed on one machine and thread count: the weights, dropout and
     the shuffling all draw from seeded generators.
@@ -144,6 +153,15 @@ def train(train_examples: list[VQAExample], val_examples: list[VQAExample], feat
     # no target, so such questions only teach "none of these".
     targets = torch.from_numpy(np.stack([soft_targets(ex.answers, vocab) for ex in train_examples]))
     tr, va = _tensors(features_train), _tensors(features_val)
+    supervise = region_targets is not None and config.attention_weight > 0
+    if supervise:
+        if config.head != "ban":
+            raise ValueError(f"attention supervision needs the ban head, not {config.head}")
+        region_targets = torch.as_tensor(np.asarray(region_targets), dtype=torch.float32)
+        if region_targets.shape[0] != len(train_examples) or region_targets.shape[-1] != tr[0].shape[1] \
+                or region_targets.shape[1] > config.glimpses:
+            raise ValueError(f"region targets {tuple(region_targets.shape)} do not fit {len(train_examples)} training "
+                             f"examples with {config.glimpses} glimpses over {tr[0].shape[1]} regions")
     dv, dq = tr[0].shape[-1], tr[2].shape[-1]
     model = make_head(config.head, dv, dq, len(vocab), **_head_kwargs(config))
     opt = torch.optim.Adamax(model.parameters(), lr=config.lr)
@@ -158,16 +176,20 @@ def train(train_examples: list[VQAExample], val_examples: list[VQAExample], feat
     n = len(train_examples)
     for epoch in range(1, config.epochs + 1):
         model.train()
-        total, seen = 0.0, 0
+        total, total_att, seen = 0.0, 0.0, 0
         for idx in torch.randperm(n, generator=shuffle).split(config.batch_size):
-            logits, _ = _call(model, tr, idx)
-            loss = vqa_loss(logits, targets[idx])
+            logits, att = _call(model, tr, idx)
+            answer_loss = loss = vqa_loss(logits, targets[idx])
+            if supervise:
+                att_loss = attention_supervision_loss(att, region_targets[idx])
+                total_att += att_loss.item() * len(idx)
+                loss = answer_loss + config.attention_weight * att_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # BAN clips the gradient norm at 0.25: its bilinear products make early gradients spiky.
             torch.nn.utils.clip_grad_norm_(model.parameters(), 0.25)
             opt.step()
-            total += loss.item() * len(idx)
+            total += answer_loss.item() * len(idx)  # train_loss: the answer loss alone
             seen += len(idx)
         logits, _ = _forward_all(model, va)
         predicted = [vocab[i] for i in logits.argmax(1).tolist()] if len(val_examples) else []
@@ -175,6 +197,8 @@ def train(train_examples: list[VQAExample], val_examples: list[VQAExample], feat
                    "val_accuracy": vqa_accuracy(predicted, [ex.answers for ex in val_examples]),
                    "val_by_type": _by_type(predicted, val_examples),
                    "majority_accuracy": majority_all}
+        if supervise:
+            metrics["attention_loss"] = total_att / max(seen, 1)
         history.append(metrics)
         if progress:
             progress(epoch, config.epochs, metrics)
