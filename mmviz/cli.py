@@ -809,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_builtin_train)
     from .vqa.builtin import DEFAULTS as VQA_DEFAULTS, VQA_DIR
 
-    t = bsub.add_parser("train-vqa", help="retrain the builtin model's VQA head on the shapes world (CPU, ~10 min)",
+    t = bsub.add_parser("train-vqa", help="retrain the builtin model's VQA head on the shapes world (CPU, ~20 min)",
                         description="Reproduce assets/builtin-shapes/vqa/ (the BAN head and metrics.json): trains "
                                     "BAN, concat and Hadamard heads on builtin:shapes tokens of the shapes world "
                                     "and saves BAN.")

@@ -27,7 +27,7 @@ from .train import TrainConfig, TrainResult, _by_type, answer, majority_answers,
 
 VQA_DIR = BUILTIN_DIR / "vqa"
 CLIP_MODEL = "builtin:shapes"
-# Sized for about 10 minutes on 2 CPU cores (features, then the three heads). The last five
+# Sized for about 20 minutes on 2 CPU cores (features, then the three heads). The last five
 # settings are for relation questions (README, VQA section): word input embeddings, patch
 # coordinates, attended positions, attention supervised with the object boxes of every question
 # that names objects (weight 0.1; glimpse g on the g-th object) and 3 more relation questions per
