@@ -280,6 +280,22 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         expect(page.get_by_text("Words by patches, averaged over glimpses")).to_be_attached(timeout=60_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "vqa.png"), full_page=True)
+        # a relation question about a two-object image; glimpse 1 was trained to find the subject
+        picker = page.get_by_label("or an image of the dataset")
+        picker.click()
+        picker.fill("test-000001")
+        picker.press("Enter")
+        expect(page.get_by_text("is the blue circle to the right of the yellow circle? → yes")).to_be_visible(
+            timeout=60_000)
+        box = page.get_by_label("Question")
+        expect(box).to_have_count(1, timeout=30_000)  # the previous image's box is gone after the rerun
+        box.fill("is the blue circle to the left of the yellow circle?")
+        box.press("Enter")
+        page.get_by_test_id("stButtonGroup").get_by_text("1", exact=True).click()  # glimpse 1
+        expect(page.get_by_text("Words by patches, glimpse 1")).to_be_attached(timeout=60_000)
+        expect(page.get_by_text("This head's glimpses were trained to find the objects")).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "vqa_relation.png"), full_page=True)
 
         # Fine-tune: launch a tiny background run, watch its curve, see the before/after layout
         page.get_by_role("link", name="Fine-tune").click()

@@ -161,9 +161,9 @@ else:
                                             key="vqa_glimpse") or "mean"
     word_choice = controls[1].selectbox("Word", ["all words", *result.words], key="vqa_word")
     if head.config.attention_weight > 0 and g >= 2:
-        st.caption("This head's glimpses were trained to find the objects a relation question names (attention "
-                   "supervised with the shapes world's object boxes): glimpse 1 the first object, glimpse 2 the "
-                   "second. On other questions they are free.")
+        st.caption("This head's glimpses were trained to find the objects a question names (attention supervised "
+                   "with the shapes world's object boxes): glimpse 1 the first one named (a relation's subject), "
+                   "glimpse 2 the second (its object).")
     gi = None if glimpse == "mean" else int(glimpse) - 1
     wi = None if word_choice == "all words" else result.words.index(word_choice)
     att = result.attention.mean(0) if gi is None else result.attention[gi]
