@@ -446,7 +446,7 @@ def cmd_builtin_train_vqa(ws: Workspace, args) -> int:
     rel = m["grounding"].get("relation")
     if rel:
         per = ", ".join(f"glimpse {i}: subject {x['subject']:.2f} / object {x['object']:.2f}"
-                        for i, x in enumerate(rel["glimpses"]))
+                        for i, x in enumerate(rel["glimpses"], 1))  # numbered as on the VQA page
         print(f"BAN attention on relation questions (n {rel['n']}): {per}; chance {rel['chance']['subject']:.2f} / "
               f"{rel['chance']['object']:.2f}")
     return EXIT_OK
