@@ -9,6 +9,7 @@ the cache every few hundred items, so an interrupted job resumes where it stoppe
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -333,6 +334,11 @@ def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
             "cache_path": str(cache.path)}
 
 
+# Held while a tower's output_tokens flag is flipped for one call (towers whose token path
+# cannot be run without it): two threads flipping it at once would restore each other's value.
+_OUTPUT_TOKENS_LOCK = threading.Lock()
+
+
 def image_tokens(loaded: LoadedModel, images, layer: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Patch-token features of preprocessed images (B, 3, H, W): (tokens (B, P, W) float32,
     mask (B, P) bool), the class token excluded, before pooling and projection; the regions
@@ -351,14 +357,21 @@ def image_tokens(loaded: LoadedModel, images, layer: int | None = None) -> tuple
     if not hasattr(visual, "output_tokens"):
         raise ValueError(f"{loaded.name}: patch tokens need a vision transformer, not {type(visual).__name__}")
     x = images.to(loaded.device, dtype=loaded.dtype)
-    if layer is None:
-        old = visual.output_tokens
-        visual.output_tokens = True
-        try:
-            with torch.inference_mode():
-                _, tokens = visual(x)
-        finally:
-            visual.output_tokens = old
+    if layer is None and hasattr(visual, "_embeds") and hasattr(visual, "_pool"):
+        # open_clip's VisionTransformer.forward up to its pooling, which returns (pooled, tokens).
+        # Not `output_tokens = True` around forward: the model is shared by every page and
+        # session of the app, and another thread calling it meanwhile would get the wrong output.
+        with torch.inference_mode():
+            _, tokens = visual._pool(visual.transformer(visual._embeds(x)))
+    elif layer is None:
+        with _OUTPUT_TOKENS_LOCK:  # other vision towers: flip the flag, one thread at a time
+            old = visual.output_tokens
+            visual.output_tokens = True
+            try:
+                with torch.inference_mode():
+                    _, tokens = visual(x)
+            finally:
+                visual.output_tokens = old
     else:
         blocks = visual.transformer.resblocks
         if not hasattr(visual, "_embeds") or not 0 <= layer <= len(blocks):
@@ -401,12 +414,13 @@ def text_tokens(loaded: LoadedModel, texts: list[str], inputs: bool = False) -> 
             if inputs:
                 raise ValueError(f"{loaded.name}: input word embeddings are only read from open_clip's CLIP text "
                                  f"tower, not {type(m.text).__name__}")
-            old = m.text.output_tokens
-            m.text.output_tokens = True
-            try:
-                _, x = m.text(ids)
-            finally:
-                m.text.output_tokens = old
+            with _OUTPUT_TOKENS_LOCK:
+                old = m.text.output_tokens
+                m.text.output_tokens = True
+                try:
+                    _, x = m.text(ids)
+                finally:
+                    m.text.output_tokens = old
         else:
             raise ValueError(f"{loaded.name}: no per-token text features for {type(m).__name__}")
         if inputs:

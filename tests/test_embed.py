@@ -293,6 +293,40 @@ def test_token_features_pool_to_the_embeddings(spec):
     assert lm.model.visual.output_tokens is False  # the model is left as it was
 
 
+def test_image_tokens_leave_the_shared_model_alone(spec, monkeypatch):
+    """The app shares one loaded model between pages, sessions and threads: reading patch tokens
+    must not flip visual.output_tokens (another thread's forward would get (pooled, tokens), or
+    this one a bare tensor). The tokens equal those of forward with the flag set."""
+    import torch
+
+    from mmviz import synthetic
+    from mmviz.embed import image_tokens
+    from mmviz.models import load_model
+
+    lm = load_model(spec)
+    visual = lm.model.visual
+    x = torch.stack([lm.preprocess(s.render()) for s in synthetic.make_world(0, 0, 2, seed=3)["test"]])
+    flips = []
+    setattr_ = type(visual).__setattr__
+
+    def spy(self, name, value):
+        if name == "output_tokens":
+            flips.append(value)
+        setattr_(self, name, value)
+
+    monkeypatch.setattr(type(visual), "__setattr__", spy)
+    tokens, _ = image_tokens(lm, x)
+    assert flips == []
+    monkeypatch.undo()
+    visual.output_tokens = True
+    try:
+        with torch.no_grad():
+            _, want = visual(x)
+    finally:
+        visual.output_tokens = False
+    np.testing.assert_allclose(tokens, want.numpy(), atol=1e-6)
+
+
 def test_text_tokens_with_input_embeddings(spec):
     """inputs=True appends, per token, the transformer's input (token + positional embedding)
     normalised to zero mean and unit variance: written out here with numpy. It separates
