@@ -398,7 +398,7 @@ def text_tokens(loaded: LoadedModel, texts: list[str], inputs: bool = False) -> 
     `inputs`: tokens (B, L, 2W), the last-layer outputs followed by the transformer's input
     (token + positional embedding) layer-normalised without gain, so both halves have the
     scale of ln_final's output. Why: after twelve (or two) layers of attention the last-layer
-    tokens of "left" and "right" in a question are nearly the same vector (cosine 0.975 on the
+    tokens of "left" and "right" in a question are nearly the same vector (cosine about 0.97 on the
     builtin model), while the input still says which word it is and where it stands."""
     import torch
     import torch.nn.functional as F

@@ -344,7 +344,6 @@ def box_patches(box, patches: np.ndarray) -> np.ndarray:
     return (patches[:, 0] < x1) & (patches[:, 2] > x0) & (patches[:, 1] < y1) & (patches[:, 3] > y0)
 
 
-
 def shapes_region_targets(scenes, n_regions: int, glimpses: int = 2, types=("relation",),
                           image_size: int = 64) -> np.ndarray:
     """(N, glimpses, R) attention targets for `shapes_examples(scenes)` (same order): for a
