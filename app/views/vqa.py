@@ -99,9 +99,9 @@ def word_region_heatmap(att: np.ndarray, words: list[str], title: str) -> go.Fig
     return fig
 
 
-def comparison(head: VQAHead) -> pd.DataFrame | None:
-    """Per question type validation accuracy of the compared heads and the majority baseline."""
-    metrics = head.metrics()
+def comparison(head: VQAHead, metrics: dict | None) -> pd.DataFrame | None:
+    """Per question type validation accuracy of the compared heads and the majority baseline;
+    `metrics` is head.metrics()."""
     if metrics and "val_accuracy" in metrics:  # the shipped head: all three heads and the majority answer
         return pd.DataFrame(metrics["val_accuracy"]).rename_axis("question type").reset_index()
     history = head.folder / "history.json"
@@ -176,14 +176,15 @@ else:
     common.download("Attention (CSV)", rows.to_csv(index_label="word"), f"vqa-attention-{glimpse}.csv", "text/csv",
                     "vqa_dl_att")
 
-table = comparison(head)
+metrics = head.metrics()  # read once per rerun: the table and the binding caption
+table = comparison(head, metrics)
 if table is not None:
     st.subheader("Heads compared on the validation split")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
     common.download("Accuracy by question type (CSV)", table.to_csv(index=False), "vqa-accuracy.csv", "text/csv",
                     "vqa_dl_acc")
-    binding = (head.metrics() or {}).get("grounding", {}).get("relation")
+    binding = (metrics or {}).get("grounding", {}).get("relation")
     if binding:
         per = "; ".join(f"glimpse {i + 1}: {x['subject']:.2f} on the first object, {x['object']:.2f} on the second"
                         for i, x in enumerate(binding["glimpses"]))
