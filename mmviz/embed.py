@@ -1,10 +1,13 @@
 """The embedding engine: a dataset's images and captions through a model, with a cache.
 
-`embed_dataset(ws, dataset, spec)` returns L2-normalised float32 vectors aligned with the
-dataset's ids. Everything already in the workspace's embedding cache (same model
-fingerprint, same image bytes or caption text) is reused; the rest is computed in batches
-(images decoded in DataLoader workers, `torch.inference_mode`, fp16 on GPU) and written to
-the cache every few hundred items, so an interrupted job resumes where it stopped.
+`embed_dataset(ws, dataset, spec)` returns L2-normalised vectors aligned with the dataset's
+ids, as read-only memory maps in the stored dtype (float16 unless MMVIZ_VECTOR_DTYPE says
+float32). Everything already in the workspace's embedding cache (same model fingerprint,
+same image bytes or caption text) is reused; the rest is computed in batches (images decoded
+in DataLoader workers, `torch.inference_mode`, fp16 on GPU) and written to the cache every
+few hundred items, so an interrupted job resumes where it stopped. The finished set is then
+assembled in the dataset's row order (`EmbeddingCache.assemble_set`), which is what every
+later open reads.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from typing import Callable
 
 import numpy as np
 
+from .arrays import stored_dtype
 from .models import LoadedModel, load_model, resolve
-from .store import (Dataset, EmbeddingCache, Workspace, has_image, precomputed_fingerprint, precomputed_keys,
-                    text_key)
+from .store import Dataset, Workspace, has_image, precomputed_fingerprint, text_key
+from .vector_cache import EmbeddingCache
 
 # progress(done, total, stage): stage is "images" or "captions"; total counts uncached items.
 EmbedProgress = Callable[[int, int, str], None]
@@ -43,10 +47,24 @@ class Embeddings:
     cached: dict[str, int] = field(default_factory=dict)  # items found in the cache
     seconds: float = 0.0
     cache_path: str = ""
+    dataset_key: str = ""  # content hash of the dataset version
+
+    @property
+    def key_parts(self) -> dict:
+        """What names these vectors in the workspace's caches (layouts, metrics)."""
+        return {"dataset": self.dataset_key, "model": self.fingerprint}
+
+    @property
+    def paired_rows(self) -> np.ndarray:
+        """Index into `text` of each image's first caption."""
+        return np.unique(self.text_owner, return_index=True)[1]
 
     @property
     def paired_text(self) -> np.ndarray:
-        first = np.unique(self.text_owner, return_index=True)[1]
+        """Each image's first caption vector (the whole `text` when there is one per image)."""
+        first = self.paired_rows
+        if len(first) == len(self.text) and np.array_equal(first, np.arange(len(self.text))):
+            return self.text  # no copy of a large memory map
         return self.text[first]
 
     @property
@@ -183,8 +201,10 @@ class _Pending:
     """Vectors computed but not yet cached: written as one shard every FLUSH_EVERY items, so
     an interrupted job loses at most that many."""
 
-    def __init__(self, cache: EmbeddingCache, modality: str):
-        self.cache, self.modality, self.keys, self.vecs = cache, modality, [], []
+    def __init__(self, cache: EmbeddingCache, modality: str, set_size: int):
+        # set_size: images + captions of the whole set, so every shard of a job gets the
+        # dtype the set's size asks for (arrays.stored_dtype), whatever the shard's own size
+        self.cache, self.modality, self.keys, self.vecs, self.set_size = cache, modality, [], [], set_size
 
     def add(self, keys: list[str], vecs: np.ndarray) -> None:
         self.keys.extend(keys)
@@ -194,25 +214,39 @@ class _Pending:
 
     def flush(self) -> None:
         if self.keys:
-            self.cache.put(self.modality, self.keys, np.concatenate(self.vecs))
+            vecs = np.concatenate(self.vecs)
+            self.cache.put(self.modality, self.keys, vecs, stored_dtype(None, self.set_size * vecs.shape[1] * 4))
             self.keys, self.vecs = [], []
 
 
 def _precomputed(ws: Workspace, ds: Dataset) -> Embeddings:
-    t = ds.table()
-    name, digest = ds.manifest["vector_model"], ds.manifest["content_hash"]
-    cache = EmbeddingCache(ws, precomputed_fingerprint(name))
-    ids = t["id"].tolist()
-    img, f1 = cache.get("image", precomputed_keys(digest, ids, "image"))
-    txt, f2 = cache.get("text", precomputed_keys(digest, ids, "text"))
-    if not (f1.all() and f2.all()):  # datasets imported before the cache existed
-        vi, vt = ds.vectors()
-        img, txt = vi, vt
-    caps = [c[0] for c in t["captions"]]
+    """A set of imported vectors: its own stored vectors, memory-mapped."""
+    name = ds.manifest["vector_model"]
+    img, txt = ds.vectors()
+    ids = ds.ids()
+    caps = [c[0] for c in ds.caption_lists()]
     n = len(ids)
-    return Embeddings(name, cache.fingerprint, ids, img, txt, np.arange(n), caps,
+    fp = precomputed_fingerprint(name)
+    return Embeddings(name, fp, ids, img, txt, np.arange(n), caps,
                       cached={"images": n, "captions": n}, computed={"images": 0, "captions": 0},
-                      cache_path=str(cache.path))
+                      cache_path=str(ds.path / "vectors"), dataset_key=ds.key)
+
+
+def _from_set(ds: Dataset, cache: EmbeddingCache, aligned: dict, model: str, t0: float,
+              computed: dict | None = None, cached: dict | None = None) -> Embeddings:
+    """Embeddings of an assembled set: memory maps in the dataset's row order."""
+    rows = aligned["rows"]
+    ids_all = ds.ids()
+    caps_all = ds.caption_lists()
+    info = aligned["info"]
+    owner = np.repeat(np.arange(len(rows)), [len(caps_all[r]) for r in rows])
+    return Embeddings(model=model, fingerprint=cache.fingerprint, ids=[ids_all[r] for r in rows],
+                      image=aligned["image"], text=aligned["text"], text_owner=owner,
+                      captions=[c for r in rows for c in caps_all[r]],
+                      skipped=[tuple(x) for x in info.get("skipped", [])],
+                      computed=computed or {"images": 0, "captions": 0},
+                      cached=cached or {"images": info.get("images", len(rows)), "captions": info.get("captions", 0)},
+                      seconds=time.time() - t0, cache_path=str(cache.path), dataset_key=ds.key)
 
 
 def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch_size: int = 64,
@@ -257,7 +291,8 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         first_row.setdefault(k, row)
     paths = [str(ds.image_path(first_row[k])) for k in todo]
     failed: dict[str, str] = {}
-    pending, done = _Pending(cache, "image"), 0
+    set_size = int(with_image.sum()) + len(txt_keys)
+    pending, done = _Pending(cache, "image", set_size), 0
 
     def on_image_batch(idx, vecs, bad):
         nonlocal done
@@ -279,7 +314,7 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
     for j, k in enumerate(txt_keys):
         tfirst.setdefault(k, j)
     texts = [captions[tfirst[k]] for k in ttodo]
-    tpending, tdone = _Pending(cache, "text"), 0
+    tpending, tdone = _Pending(cache, "text", set_size), 0
 
     def on_text_batch(idx, vecs):
         nonlocal tdone
@@ -294,39 +329,44 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         encode_texts(loaded(), texts, max(batch_size, 128), on_text_batch)
         tpending.flush()
 
-    todo_set, ttodo_set = set(todo), set(ttodo)
-    # assemble from the cache, in dataset order
-    img, found = cache.get("image", [k if h else "" for k, h in zip(img_keys, with_image)])
-    for row, (k, f, h) in enumerate(zip(img_keys, found, with_image)):
-        if h and not f:
+    # which rows made it: an image in the cache (failures are reported, never cached)
+    in_cache = set(k for k, h in zip(img_keys, with_image) if h) - set(cache.missing("image", [
+        k for k, h in zip(img_keys, with_image) if h]))
+    for row, (k, h) in enumerate(zip(img_keys, with_image)):
+        if h and k not in in_cache:
             skipped.append((ids[row], f"image could not be decoded: {failed.get(k, 'unknown error')}"))
-    keep = found & np.array(with_image)
-    rows = np.flatnonzero(keep)
-    new_row = -np.ones(len(ids), dtype=np.int64)
-    new_row[rows] = np.arange(len(rows))
-    txt, _ = cache.get("text", txt_keys)
-    tkeep = keep[owner_all]
-    return Embeddings(
-        model=resolved.spec.raw, fingerprint=resolved.fingerprint, ids=[ids[r] for r in rows], image=img[rows],
-        text=txt[tkeep], text_owner=new_row[owner_all[tkeep]], captions=[c for c, k in zip(captions, tkeep) if k],
-        # Counted per distinct image/caption, so computed + cached = what the set needs embedded.
-        skipped=skipped, computed={"images": len(todo) - len(failed), "captions": len(ttodo)},
-        cached={"images": len({k for k, h in zip(img_keys, with_image) if h} - todo_set),
-                "captions": len(set(txt_keys) - ttodo_set)},
-        seconds=time.time() - t0, cache_path=str(cache.path))
+    rows = np.array([r for r, (k, h) in enumerate(zip(img_keys, with_image)) if h and k in in_cache], dtype=np.int64)
+    caps_of = t["captions"].tolist()
+    computed = {"images": len(todo) - len(failed), "captions": len(ttodo)}
+    # Counted per distinct image/caption, so computed + cached = what the set needs embedded.
+    cached = {"images": len({k for k, h in zip(img_keys, with_image) if h} - set(todo)),
+              "captions": len(set(txt_keys) - set(ttodo))}
+    aligned = cache.open_set(ds.key)
+    if aligned is None or not np.array_equal(aligned["rows"], rows):
+        if progress:
+            progress(0, 1, "assembling")
+        aligned = cache.assemble_set(
+            ds.key, [img_keys[r] for r in rows], [text_key(c) for r in rows for c in caps_of[r]], rows,
+            {"model": resolved.spec.raw, "skipped": skipped, "images": len(rows)},
+            progress=(lambda d, n: progress(d, n, "assembling")) if progress else None)
+    return _from_set(ds, cache, aligned, resolved.spec.raw, t0, computed, cached)
 
 
 def cache_status(ws: Workspace, ds: Dataset, model: str) -> dict:
     """How much of `ds` the cache already holds for `model`, without loading the model:
     {"images", "images_cached", "captions", "captions_cached", "cache_path"}."""
-    t = ds.table()
-    n_caps = int(sum(len(c) for c in t["captions"]))
+    n = len(ds)
     if model == ds.manifest.get("vector_model"):
-        cache = EmbeddingCache(ws, precomputed_fingerprint(model))
-        return {"images": len(t), "images_cached": len(t), "captions": len(t), "captions_cached": len(t),
-                "cache_path": str(cache.path)}
+        return {"images": n, "images_cached": n, "captions": n, "captions_cached": n,
+                "cache_path": str(ds.path / "vectors")}
     cache = EmbeddingCache(ws, resolve(model, download=False).fingerprint)
+    t = ds.table(["image_sha256", "captions"])
     img_keys = t["image_sha256"][has_image(t)].tolist()
+    n_caps = int(sum(len(c) for c in t["captions"]))
+    aligned = cache.open_set(ds.key)
+    if aligned is not None and not aligned["info"].get("skipped"):  # assembled whole: all of it is cached
+        return {"images": len(img_keys), "images_cached": len(img_keys), "captions": n_caps,
+                "captions_cached": n_caps, "cache_path": str(cache.path)}
     txt_keys = [text_key(c) for caps in t["captions"] for c in caps]
     miss_i, miss_t = set(cache.missing("image", img_keys)), set(cache.missing("text", txt_keys))
     return {"images": len(img_keys), "images_cached": sum(k not in miss_i for k in img_keys),
@@ -431,12 +471,17 @@ def text_tokens(loaded: LoadedModel, texts: list[str], inputs: bool = False) -> 
 
 
 def stored_embeddings(ws: Workspace, ds: Dataset, model: str) -> Embeddings | None:
-    """The dataset's vectors under `model` if the cache already holds all of them (no model is
-    built, nothing is computed), else None. A set that came with vectors and has no images
-    answers with its own vectors whatever `model` is asked for."""
+    """The dataset's vectors under `model` if the cache already holds them (no model is built,
+    nothing is computed), else None. A set that came with vectors and has no images answers
+    with its own vectors whatever `model` is asked for. An assembled set is opened as it is,
+    with the rows whose image failed to decode listed in `skipped`."""
     vm = ds.manifest.get("vector_model")
     if vm and (model == vm or not ds.manifest.get("images")):
         return _precomputed(ws, ds)
+    cache = EmbeddingCache(ws, resolve(model, download=False).fingerprint)
+    aligned = cache.open_set(ds.key)
+    if aligned is not None:
+        return _from_set(ds, cache, aligned, model, time.time())
     status = cache_status(ws, ds, model)
     if status["images_cached"] < status["images"] or status["captions_cached"] < status["captions"]:
         return None

@@ -1,73 +1,46 @@
-"""The workspace: a folder holding imported datasets (and, later, embeddings, layouts, runs).
+"""The workspace: a folder holding imported datasets (and embeddings, layouts, results, runs).
 
 Layout (default `~/.mmviz`, or `$MMVIZ_HOME`)::
 
     datasets/<name>/CURRENT          -> "v-<content hash>"
     datasets/<name>/v-<hash>/        manifest.json, pairs.parquet, thumbs.parquet,
-                                     vectors.npz (precomputed sets), files/ (copied images)
+                                     vectors/image.npy + text.npy (precomputed sets),
+                                     files/ (copied images)
 
 A dataset version is built in a staging folder and renamed into place whole; `CURRENT` is
 then replaced atomically. A crash at any point leaves the previous version readable, and
 re-importing identical data is a no-op (same content hash).
+
+Tables are Parquet in row groups, read column by column: a page of rows, a search over the
+captions or one thumbnail never loads the whole set. Vectors are .npy files read back as
+memory maps.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .arrays import open_array
+from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
 from .data import DataFormatError, ImportLimits, ImportReport, PairedSet, Progress, copy_tree_files, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: vectors as .npy files, streamed content hash, row-grouped Parquet
+ROW_GROUP = 65_536  # rows per Parquet row group of pairs.parquet: a page of rows reads one group
+THUMB_GROUP = 1024  # thumbnails per row group: one thumbnail reads ~5 MB at most
 
 
 def default_home() -> Path:
     return Path(os.environ.get("MMVIZ_HOME") or Path.home() / ".mmviz").expanduser()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode("utf-8"))
 
 
 def valid_name(name: str) -> str:
@@ -97,20 +70,28 @@ def _column(values: list):
                          for v in values], type=pa.string())
 
 
-def content_hash(pset: PairedSet) -> str:
+def content_hash(pset: PairedSet, chunk: int = 65_536) -> str:
+    """sha256 of everything a version stores, fed chunk by chunk (no one big string)."""
     h = hashlib.sha256()
-    rows = {
-        "ids": pset.ids,
-        "images": [im if isinstance(im, str) or im is None else hashlib.sha256(im).hexdigest() for im in pset.images],
-        "image_sha256": [m.sha256 if m else None for m in pset.image_meta],
-        "captions": pset.captions,
-        "extras": pset.extras,
-        "vector_model": pset.vector_model,
-    }
-    h.update(json.dumps(rows, sort_keys=True, default=str).encode("utf-8"))
-    for arr in (pset.image_vectors, pset.text_vectors):
-        if arr is not None:
-            h.update(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
+    h.update(json.dumps({"format": FORMAT_VERSION, "vector_model": pset.vector_model,
+                         "extras": list(pset.extras)}, sort_keys=True).encode())
+    for s in range(0, len(pset), chunk):
+        e = s + chunk
+        rows = {
+            "ids": pset.ids[s:e],
+            "images": [im if isinstance(im, str) or im is None else hashlib.sha256(im).hexdigest()
+                       for im in pset.images[s:e]],
+            "image_sha256": [m.sha256 if m else None for m in pset.image_meta[s:e]],
+            "captions": pset.captions[s:e],
+            "extras": {k: v[s:e] for k, v in pset.extras.items()},
+        }
+        h.update(json.dumps(rows, sort_keys=True, default=str).encode("utf-8"))
+    if pset.has_vectors:
+        if pset.vector_digest is None:
+            from .arrays import digest_rows
+
+            pset.vector_digest = digest_rows(pset.image_vectors) + digest_rows(pset.text_vectors)
+        h.update(pset.vector_digest.encode())
     return h.hexdigest()
 
 
@@ -121,12 +102,6 @@ def text_key(caption: str) -> str:
 
 def precomputed_fingerprint(model_name: str) -> str:
     return hashlib.sha256(f"precomputed/{model_name}".encode()).hexdigest()[:20]
-
-
-def precomputed_keys(content_hash: str, ids: list[str], modality: str) -> list[str]:
-    """Keys of imported vectors: they belong to one dataset's rows, not to content that any
-    model could re-embed, so they are namespaced by the dataset version."""
-    return [hashlib.sha256(f"{content_hash}/{i}/{modality}".encode()).hexdigest() for i in ids]
 
 
 @dataclass
@@ -146,14 +121,22 @@ def search_pairs(table, query: str):
     return table[hit | table["id"].str.lower().str.contains(q, regex=False)]
 
 
+def _to_pandas(table):
+    df = table.to_pandas()
+    if "captions" in df:
+        df["captions"] = df["captions"].map(list)
+    return df
+
+
 class Dataset:
-    """One stored dataset version, read-only. Load tables lazily; cheap to construct."""
+    """One stored dataset version, read-only. Columns are read lazily, one at a time."""
 
     def __init__(self, name: str, path: Path):
         self.name = name
         self.path = Path(path)
         self.manifest: dict = json.loads((self.path / "manifest.json").read_text("utf-8"))
         self._table = None
+        self._columns: dict = {}
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {len(self)} pairs)"
@@ -165,46 +148,140 @@ class Dataset:
     def report(self) -> ImportReport:
         return ImportReport.from_dict(self.manifest["report"])
 
-    def table(self):
-        """DataFrame with id, image, captions (list), image_sha256, width, height and extras."""
+    @property
+    def key(self) -> str:
+        """The content hash: names this version in every cache (a re-import changes it)."""
+        return self.manifest["content_hash"]
+
+    def _pairs_file(self):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(self.path / "pairs.parquet")
+
+    def columns(self) -> list[str]:
+        return list(self._pairs_file().schema_arrow.names)
+
+    def column(self, name: str):
+        """One column as a pyarrow ChunkedArray, read once per Dataset object."""
+        if name not in self._columns:
+            import pyarrow.parquet as pq
+
+            self._columns[name] = pq.read_table(self.path / "pairs.parquet", columns=[name]).column(name)
+        return self._columns[name]
+
+    def table(self, columns: list[str] | None = None):
+        """DataFrame with id, image, captions (list), image_sha256, width, height and extras,
+        or only `columns`. The whole table is read once and kept; a column subset is not."""
+        if columns is not None:
+            import pyarrow as pa
+
+            return _to_pandas(pa.table({c: self.column(c) for c in columns}))
         if self._table is None:
             import pyarrow.parquet as pq
 
-            self._table = pq.read_table(self.path / "pairs.parquet").to_pandas()
-            self._table["captions"] = self._table["captions"].map(list)
+            self._table = _to_pandas(pq.read_table(self.path / "pairs.parquet"))
         return self._table
 
-    def thumbnails(self) -> dict[str, bytes]:
+    def ids(self) -> list[str]:
+        return self.column("id").to_pylist()
+
+    def caption_lists(self) -> list[list[str]]:
+        return self.column("captions").to_pylist()
+
+    def rows(self, index) -> "object":
+        """The table rows at positions `index` (sorted or not), reading only their row groups."""
+        import pyarrow as pa
+
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) == 0:
+            return _to_pandas(self._pairs_file().schema_arrow.empty_table())
+        pf = self._pairs_file()
+        starts = np.cumsum([0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)])
+        groups = np.unique(np.searchsorted(starts, index, side="right") - 1)
+        part = pa.concat_tables([pf.read_row_group(int(g)) for g in groups])
+        local = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in groups])
+        pos = np.searchsorted(local, index)
+        return _to_pandas(part.take(pa.array(pos)))
+
+    def match(self, query: str) -> np.ndarray:
+        """Positions (sorted) of rows whose id or any caption contains `query`, case-insensitive;
+        every row for an empty query. Runs on Arrow columns: a million captions in a fraction
+        of a second, with no Python object per row."""
+        import pyarrow.compute as pc
+
+        q = (query or "").strip()
+        if not q:
+            return np.arange(len(self))
+        caps = self.column("captions").combine_chunks()
+        hit = pc.match_substring(pc.list_flatten(caps), q, ignore_case=True)
+        parents = pc.list_parent_indices(caps).to_numpy()
+        rows = np.zeros(len(self), dtype=bool)
+        rows[parents[hit.to_numpy(zero_copy_only=False)]] = True
+        ids = self.column("id").combine_chunks()
+        rows |= pc.match_substring(ids, q, ignore_case=True).to_numpy(zero_copy_only=False)
+        return np.flatnonzero(rows)
+
+    def page(self, query: str = "", offset: int = 0, limit: int = 50):
+        """(rows offset..offset+limit of those matching `query`, how many match)."""
+        hits = self.match(query)
+        return self.rows(hits[offset:offset + limit]), len(hits)
+
+    def thumbnails(self, ids: list[str] | None = None) -> dict[str, bytes]:
+        """id -> JPEG thumbnail, of every image (small sets) or of `ids` only, reading just
+        the row groups that hold them."""
         import pyarrow.parquet as pq
 
         p = self.path / "thumbs.parquet"
         if not p.exists():
             return {}
-        t = pq.read_table(p).to_pydict()
-        return dict(zip(t["id"], t["thumbnail"]))
+        if ids is None:
+            t = pq.read_table(p).to_pydict()
+            return dict(zip(t["id"], t["thumbnail"]))
+        pf = pq.ParquetFile(p)
+        all_ids = pq.read_table(p, columns=["id"]).column("id").to_pylist()
+        where = {i: k for k, i in enumerate(all_ids)}
+        rows = sorted(where[i] for i in set(ids) if i in where)
+        out, starts, first = {}, [], 0
+        for g in range(pf.num_row_groups):
+            starts.append(first)
+            first += pf.metadata.row_group(g).num_rows
+        groups: dict[int, list[int]] = {}
+        for r in rows:
+            g = int(np.searchsorted(starts, r, side="right") - 1)
+            groups.setdefault(g, []).append(r - starts[g])
+        for g, local in groups.items():
+            part = pf.read_row_group(g, columns=["id", "thumbnail"]).to_pydict()
+            for i in local:
+                out[part["id"][i]] = part["thumbnail"][i]
+        return out
 
     def image_path(self, id_or_index) -> Path | None:
-        t = self.table()
         # Ids are strings, so any integer (NumPy's included) is a row position.
-        by_pos = isinstance(id_or_index, (int, np.integer))
-        row = t.iloc[int(id_or_index)] if by_pos else t.loc[t["id"] == id_or_index].iloc[0]
-        ref = row["image"]
+        if isinstance(id_or_index, (int, np.integer)):
+            ref = self.column("image")[int(id_or_index)].as_py()
+        else:
+            t = self.table(["id", "image"])
+            ref = t.loc[t["id"] == id_or_index, "image"].iloc[0]
         if ref is None or (isinstance(ref, float) and np.isnan(ref)):
             return None
         p = Path(ref)
         return p if p.is_absolute() else self.path / p
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Precomputed (image, text) vectors aligned with `table()` rows, if imported."""
-        p = self.path / "vectors.npz"
-        if not p.exists():
+        """Precomputed (image, text) vectors aligned with the table's rows, if imported: read-only
+        memory maps of the stored .npy files (float16 or float32, as stored)."""
+        d = self.path / "vectors"
+        if (d / "image.npy").exists():
+            return open_array(d / "image.npy"), open_array(d / "text.npy")
+        old = self.path / "vectors.npz"  # format 1
+        if not old.exists():
             return None
-        with np.load(p, allow_pickle=False) as z:
+        with np.load(old, allow_pickle=False) as z:
             return z["image"], z["text"]
 
     def search(self, query: str):
         """Rows with a caption containing `query` (case-insensitive substring) or a matching id."""
-        return search_pairs(self.table(), query)
+        return self.rows(self.match(query))
 
 
 class Workspace:
@@ -265,12 +342,14 @@ class Workspace:
     def import_path(self, path: str | os.PathLike, name: str | None = None, *, copy_images: bool | None = None,
                     images_dir: str | os.PathLike | None = None, captions_file: str | os.PathLike | None = None,
                     model_name: str | None = None, limits: ImportLimits | None = None,
-                    progress: Progress | None = None, source_label: str | None = None) -> ImportResult:
+                    progress: Progress | None = None, source_label: str | None = None,
+                    vector_dtype: str | None = None) -> ImportResult:
         """Import what `path` points at as dataset `name` (default: from the path).
 
         Images from a zip are always stored in the workspace; from a local folder they are
         referenced in place unless `copy_images` is true. `source_label` replaces the path in
-        the report (an upload's temporary path means nothing to the user).
+        the report (an upload's temporary path means nothing to the user). Precomputed vectors
+        stream straight into the new version in `vector_dtype` (default `arrays.stored_dtype()`).
         """
         path = Path(path).expanduser()
         name = valid_name(name or name_from_path(path))
@@ -285,7 +364,8 @@ class Workspace:
             pset, report = load(path, extract_to=staging / "extract" if is_zip else None,
                                 images_dir=Path(images_dir) if images_dir else None,
                                 captions_file=Path(captions_file) if captions_file else None,
-                                model_name=model_name, limits=limits, progress=progress)
+                                model_name=model_name, limits=limits, progress=progress,
+                                vectors_dir=staging / "vectors", vector_dtype=vector_dtype)
             if source_label:
                 report.source = source_label
             if len(pset) == 0:
@@ -312,12 +392,6 @@ class Workspace:
             if version.exists():  # complete leftover of an import interrupted after its rename
                 shutil.rmtree(version)
             os.rename(staging, version)
-            if pset.has_vectors:  # the embedding cache holds them like any model's vectors
-                cache = EmbeddingCache(self, precomputed_fingerprint(pset.vector_model),
-                                       {"spec": pset.vector_model, "dim": int(pset.image_vectors.shape[1]),
-                                        "precomputed": True})
-                cache.put("image", precomputed_keys(digest, pset.ids, "image"), pset.image_vectors)
-                cache.put("text", precomputed_keys(digest, pset.ids, "text"), pset.text_vectors)
             atomic_write_bytes(ds_dir / "CURRENT", version.name.encode())
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -344,15 +418,19 @@ class Workspace:
         for k, v in pset.extras.items():
             if k not in cols:
                 cols[k] = _column(v)
-        pq.write_table(pa.table(cols), staging / "pairs.parquet")
+        pq.write_table(pa.table(cols), staging / "pairs.parquet", row_group_size=ROW_GROUP)
         thumbs = [(i, m.thumbnail) for i, m in zip(pset.ids, metas) if m is not None]
         if thumbs:
             pq.write_table(pa.table({"id": [t[0] for t in thumbs], "thumbnail": pa.array([t[1] for t in thumbs], pa.binary())}),
-                           staging / "thumbs.parquet")
+                           staging / "thumbs.parquet", row_group_size=THUMB_GROUP)
         dim = None
         if pset.has_vectors:
-            np.savez(staging / "vectors.npz", image=pset.image_vectors, text=pset.text_vectors)
             dim = int(pset.image_vectors.shape[1])
+            if pset.vectors_dir is None:  # vectors held in memory (a loader that did not stream them)
+                from .arrays import save_rows, stored_dtype
+
+                for m, arr in (("image", pset.image_vectors), ("text", pset.text_vectors)):
+                    save_rows(staging / "vectors" / f"{m}.npy", arr, stored_dtype())
         manifest = {
             "format_version": FORMAT_VERSION,
             "name": name,
@@ -365,12 +443,13 @@ class Workspace:
             "images_stored": "copied" if copied else "referenced",
             "vector_model": pset.vector_model if pset.has_vectors else None,
             "dim": dim,
+            "vector_dtype": str(open_array(staging / "vectors" / "image.npy").dtype) if pset.has_vectors else None,
             "extras": list(pset.extras),
             "content_hash": digest,
             "report": report.to_dict(),
         }
         for f in staging.rglob("*"):  # make the version durable before it becomes current
-            if f.is_file() and f.suffix in (".parquet", ".npz"):
+            if f.is_file() and f.suffix in (".parquet",):
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
         atomic_write_json(staging / "manifest.json", manifest)
@@ -392,94 +471,6 @@ class Workspace:
                     shutil.rmtree(p, ignore_errors=True)
 
 
-class EmbeddingCache:
-    """Vectors of one model, keyed by the content hash of what was embedded.
-
-    Layout: `<home>/embeddings/<fingerprint>/<modality>/shard-*.npz`, each shard holding
-    `keys` (sha256 hex of the image bytes or caption text) and `vectors` (float32), written
-    atomically. A job adds a shard every few hundred items, so a killed job keeps what it
-    finished and a rerun embeds only the rest. The same content under the same model is
-    never embedded twice, whichever dataset it came from.
-    """
-
-    def __init__(self, workspace: "Workspace", fingerprint: str, info: dict | None = None):
-        self.path = workspace.home / "embeddings" / fingerprint
-        self.fingerprint = fingerprint
-        self._index: dict[str, dict[bytes, tuple[Path, int]]] = {}
-        if info is not None and not (self.path / "model.json").exists():
-            atomic_write_json(self.path / "model.json", info)
-
-    @property
-    def info(self) -> dict:
-        p = self.path / "model.json"
-        return json.loads(p.read_text("utf-8")) if p.exists() else {}
-
-    def _shards(self, modality: str) -> list[Path]:
-        d = self.path / modality
-        return sorted(d.glob("shard-*.npz")) if d.is_dir() else []
-
-    def _load_index(self, modality: str) -> dict[bytes, tuple[Path, int]]:
-        index = self._index.setdefault(modality, {})
-        known = {p for p, _ in index.values()}
-        for shard in self._shards(modality):
-            if shard in known:
-                continue
-            with np.load(shard, allow_pickle=False) as z:
-                for row, key in enumerate(z["keys"]):
-                    index[bytes(key)] = (shard, row)
-        return index
-
-    def __len__(self) -> int:
-        return sum(len(self._load_index(m)) for m in ("image", "text"))
-
-    def missing(self, modality: str, keys: list[str]) -> list[str]:
-        """The keys (deduplicated, in first-seen order) that have no vector yet."""
-        index = self._load_index(modality)
-        out, seen = [], set()
-        for k in keys:
-            kb = k.encode()
-            if kb not in index and kb not in seen:
-                seen.add(kb)
-                out.append(k)
-        return out
-
-    def put(self, modality: str, keys: list[str], vectors: np.ndarray) -> None:
-        if len(keys) == 0:
-            return
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        assert len(keys) == len(vectors), (len(keys), vectors.shape)
-        buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys, dtype="S64"), vectors=vectors)
-        shard = self.path / modality / f"shard-{uuid.uuid4().hex}.npz"
-        atomic_write_bytes(shard, buf.getvalue())
-        index = self._index.setdefault(modality, {})
-        for row, k in enumerate(keys):
-            index[k.encode()] = (shard, row)
-
-    def get(self, modality: str, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors (n, D) with zeros where missing, found mask (n,))."""
-        index = self._load_index(modality)
-        where = [index.get(k.encode()) for k in keys]
-        found = np.array([w is not None for w in where], dtype=bool)
-        dim = None
-        by_shard: dict[Path, list[tuple[int, int]]] = {}
-        for i, w in enumerate(where):
-            if w is not None:
-                by_shard.setdefault(w[0], []).append((i, w[1]))
-        out = None
-        for shard, pairs in by_shard.items():
-            with np.load(shard, allow_pickle=False) as z:
-                vecs = z["vectors"]
-            if out is None:
-                dim = vecs.shape[1]
-                out = np.zeros((len(keys), dim), dtype=np.float32)
-            rows_out, rows_in = zip(*pairs)
-            out[list(rows_out)] = vecs[list(rows_in)]
-        if out is None:
-            out = np.zeros((len(keys), self.info.get("dim", 0)), dtype=np.float32)
-        return out, found
-
-
 def has_image(table) -> np.ndarray:
     """(N,) bool: the rows of a dataset table that have an image file (a sha256 of its bytes);
     sets of imported vectors have none."""
@@ -491,7 +482,7 @@ def image_id_finder(ds: "Dataset"):
     by, matched to the dataset's ids: by id (a whole number written as 17.0 counts as id 17),
     then stored or absolute path, then file name (the path's last part, unique in the dataset;
     a value with folders must end the stored path)."""
-    t = ds.table()
+    t = ds.table(["id", "image"])
     ids = set(t["id"])
     by_path: dict[str, str] = {}
     by_base: dict[str, list[tuple[str, str]]] = {}

@@ -323,7 +323,7 @@ def test_match_reports_ambiguous_names_and_unembedded_images(demo):
     emb.ids = emb.ids[:2] + ["17"] + emb.ids[3:]
     table = pd.DataFrame({"id": [emb.ids[0], emb.ids[1], "gone", "17"],
                           "image": ["a/x.png", "b/x.png", "c/y.png", None]})
-    ds = type("D", (), {"name": "fake", "table": lambda self: table})()
+    ds = type("D", (), {"name": "fake", "table": lambda self, columns=None: table})()
     cands = pd.DataFrame({"image": ["x.png", "b/x.png", "y.png", emb.ids[1], "17.0"], "line": [1, 2, 3, 4, 5]})
     matched, unmatched = match_images(cands, ds, emb)
     assert matched["row"].tolist() == [1, 1, 2] and matched["line"].tolist() == [2, 4, 5]

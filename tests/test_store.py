@@ -57,7 +57,7 @@ def test_import_creates_a_dataset(tmp_path, workspace):
     m = json.loads((ds_dir / v / "manifest.json").read_text())
     assert {k: m[k] for k in ("format_version", "name", "source", "format", "pairs", "captions", "images",
                               "images_stored", "vector_model", "dim", "extras")} == {
-        "format_version": 1, "name": "pairs", "source": str(csv), "format": "table", "pairs": 3, "captions": 3,
+        "format_version": 2, "name": "pairs", "source": str(csv), "format": "table", "pairs": 3, "captions": 3,
         "images": 3, "images_stored": "referenced", "vector_model": None, "dim": None,
         "extras": ["split", "label", "human_score"]}
     assert m["report"]["kept"] == 3 and m["report"]["skipped"] == []
@@ -377,12 +377,20 @@ def test_vectors_are_stored(tmp_path, workspace):
     assert ds.name == "emb" and ds.manifest["vector_model"] == "my-clip" and ds.manifest["dim"] == 6
     assert ds.manifest["images"] == 0 and ds.thumbnails() == {}
     img, txt = ds.vectors()
+    # memory maps of .npy files, float32 for a set this small
+    assert img.dtype == np.float32 and isinstance(img, np.memmap) and ds.manifest["vector_dtype"] == "float32"
     np.testing.assert_allclose(img, arr[0] / np.linalg.norm(arr[0], axis=1, keepdims=True), atol=1e-6)
     np.testing.assert_allclose(txt, arr[1] / np.linalg.norm(arr[1], axis=1, keepdims=True), atol=1e-6)
     assert ds.table()["image"].isna().all()
-    assert sorted(p.name for p in ds.path.iterdir()) == ["manifest.json", "pairs.parquet", "vectors.npz"]
+    assert sorted(str(p.relative_to(ds.path)) for p in ds.path.rglob("*")) == [
+        "manifest.json", "pairs.parquet", "vectors", "vectors/image.npy", "vectors/text.npy"]
     # Another model name is another dataset version.
     assert workspace.import_path(tmp_path / "emb.npy", model_name="other").status == "updated"
+    # float16 on request: the unit vectors to float16 rounding (half a step: 2**-11 relative)
+    ds16 = workspace.import_path(tmp_path / "emb.npy", "emb16", vector_dtype="float16").dataset
+    img16, _ = ds16.vectors()
+    assert img16.dtype == np.float16 and ds16.manifest["vector_dtype"] == "float16"
+    np.testing.assert_allclose(img16, arr[0] / np.linalg.norm(arr[0], axis=1, keepdims=True), rtol=2**-11, atol=1e-7)
 
 
 def test_report_is_stored_with_skipped_rows(tmp_path, workspace):

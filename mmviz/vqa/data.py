@@ -19,7 +19,8 @@ import numpy as np
 
 from ..data import DataFormatError, ImportLimits, ImportReport, _pick, _read_records, check_image, read_text
 from ..models import file_sha256
-from ..store import EmbeddingCache, Workspace, atomic_write_bytes, atomic_write_json, text_key
+from ..store import Workspace, atomic_write_bytes, atomic_write_json, text_key
+from ..vector_cache import EmbeddingCache
 
 IMAGE_COLUMNS = ("image", "image_path", "file_name", "image_id")
 QUESTION_COLUMNS = ("question",)
