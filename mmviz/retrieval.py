@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .geometry import _device
-from .transforms import normalise
+from .sphere import normalise
 
 FAISS_MIN_KEYS = 50_000  # backend="auto" uses faiss (when importable) for at least this many keys
 BLOCK = 2 ** 25  # most query x key scores held at once (128 MB in float32), whatever `chunk` says

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-EPS = 1e-12
+from .sphere import EPS, normalise
+
 C3_SIGMA = float(np.sqrt(0.016))  # C3's noise level: variance 0.016 per coordinate
 
 
@@ -31,11 +32,6 @@ def _matrix(x, name: str) -> np.ndarray:
 
 def _out_dtype(x: np.ndarray):
     return x.dtype if x.dtype.kind == "f" else np.float64
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; an all-zero row stays zero (no NaN)."""
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), EPS)
 
 
 class _Transform:

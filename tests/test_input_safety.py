@@ -82,7 +82,7 @@ def test_app_served_to_others_turns_off_local_path_import(monkeypatch, tmp_path)
         seen["cmd"], seen["env"] = cmd, env
         return 0
 
-    monkeypatch.setattr(cli.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli.app.subprocess, "call", fake_call)
     assert cli.main(["--home", str(tmp_path), "app"]) == 0
     assert seen["cmd"][seen["cmd"].index("--server.address") + 1] == "127.0.0.1"
     assert "MMVIZ_LOCAL_PATHS" not in seen["env"]
