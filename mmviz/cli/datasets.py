@@ -10,13 +10,14 @@ from .common import EXIT_OK, Bar, err, output_options, print_table
 
 
 def cmd_import(ws: Workspace, args) -> int:
-    bar = Bar("checking images", args.quiet)
+    bar = Bar("importing", args.quiet, unit="row")
     try:
         limits = ImportLimits.from_env()
         if args.max_pixels:
             limits.max_pixels = args.max_pixels
         res = ws.import_path(args.path, args.name, copy_images=args.copy, images_dir=args.images,
-                             captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar)
+                             captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar,
+                             vector_dtype=args.vector_dtype)
     except (DataFormatError, ValueError, OSError) as e:  # OSError: unreadable file, disk full, ...
         return err(str(e))
     finally:
@@ -109,6 +110,9 @@ def register(sub) -> None:
     s.add_argument("--captions", metavar="FILE", help="captions for .npy/.npz vectors (.txt one per line, or a table)")
     s.add_argument("--model-name", help="name of the model that made precomputed vectors")
     s.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 89,478,485)")
+    s.add_argument("--vector-dtype", choices=("auto", "float16", "float32"),
+                   help="how precomputed vectors are stored (default: $MMVIZ_VECTOR_DTYPE or auto: float16 "
+                        "when they would take over 1 GiB as float32)")
     s.add_argument("-v", "--verbose", action="store_true", help="list every skipped row")
     output_options(s, None, "no progress bar")
     s.set_defaults(func=cmd_import)
