@@ -172,7 +172,9 @@ class NpyWriter:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"expected rows of width {self.dim}, got shape {rows.shape}")
-        data = rows.tobytes()
+        if rows.size == 0:
+            return
+        data = memoryview(rows).cast("B")  # the array's own bytes: no copy
         self._f.write(data)
         self._hash.update(data)
         self.rows += len(rows)

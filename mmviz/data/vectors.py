@@ -28,6 +28,7 @@ IMAGE_KEYS = ("image", "images", "img", "image_embeddings", "image_embeds", "img
 TEXT_KEYS = ("text", "texts", "txt", "text_embeddings", "text_embeds", "text_emb", "text_features", "y")
 SHAPE_HELP = ("an array of shape (2, N, D) (0 = images, 1 = texts) or an .npz with image and text arrays of "
               "shape (N, D)")
+IMPORT_CHUNK_BYTES = 8 * 2**20  # rows read at a time: with their copies, tens of MB in all
 MAX_SIDE_ARRAY_BYTES = 4 * 2**30  # ids / captions arrays of an .npz are read whole: bound them first
 
 
@@ -225,27 +226,32 @@ class _VectorRows:
                 self.report.skip(f"{source} row {first + i}", "wrong shape",
                                  f"expected {self.dim}-d vectors, got ({img.shape[1]},) and ({txt.shape[1]},)")
             return
-        a, t = np.asarray(img, dtype=np.float64), np.asarray(txt, dtype=np.float64)
-        na, nt = np.sqrt(np.einsum("ij,ij->i", a, a)), np.sqrt(np.einsum("ij,ij->i", t, t))
-        finite = np.isfinite(na) & np.isfinite(nt)  # NaN or inf anywhere in a row makes its norm so
-        nonzero = (na != 0) & (nt != 0)
-        keep = []
+        # float64 norms (a float32 sum of squares can overflow), rows scaled in their own precision
+        work = np.float64 if np.float64 in (img.dtype, txt.dtype) else np.float32
+        a, t = np.asarray(img, dtype=work), np.asarray(txt, dtype=work)
+        na = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+        nt = np.sqrt(np.einsum("ij,ij->i", t, t, dtype=np.float64))
+        finite = (np.isfinite(na) & np.isfinite(nt)).tolist()  # NaN or inf anywhere in a row makes its norm so
+        nonzero = ((na != 0) & (nt != 0)).tolist()  # plain lists: indexing them per row is 10x cheaper
+        keep, seen, kept_ids, kept_caps = [], self.seen, self.ids, self.captions
         for i in range(n):
             if not finite[i]:
                 self.report.skip(f"{source} row {first + i}", "non-finite vector",
                                  "NaN or inf in the image or text vector")
             elif not nonzero[i]:
                 self.report.skip(f"{source} row {first + i}", "zero vector", "a zero vector has no direction")
-            elif ids[i] in self.seen:
+            elif ids[i] in seen:
                 self.report.skip(f"{source} row {first + i}", "duplicate id",
                                  f"id {ids[i]!r} already used by an earlier row")
             else:
-                self.seen.add(ids[i])
-                caps = [c for c in captions[i] if c]
+                seen.add(ids[i])
+                caps = captions[i]
+                if not all(caps):
+                    caps = [c for c in caps if c]
                 if caps:
                     keep.append(i)
-                    self.ids.append(ids[i])
-                    self.captions.append(caps)
+                    kept_ids.append(ids[i])
+                    kept_caps.append(caps)
                 else:
                     self.empty.append(f"{source} row {first + i}")
         if not keep:
@@ -257,7 +263,8 @@ class _VectorRows:
         for col in self.extras.values():  # ... and a column missing from it is None here
             col.extend([None] * (len(self.ids) - len(col)))
         k = np.asarray(keep)
-        out = ((a[k] / na[k, None]).astype(np.float32), (t[k] / nt[k, None]).astype(np.float32))
+        out = ((a[k] / na[k, None].astype(work)).astype(np.float32, copy=False),
+               (t[k] / nt[k, None].astype(work)).astype(np.float32, copy=False))
         for m in (0, 1):
             if self.dir is not None:
                 self.writers[m].append(out[m])
@@ -290,7 +297,7 @@ def _stream_pairs(rows: _VectorRows, where: str, img: _Block, txt: _Block, ids: 
                   images: list | None = None, extras: dict[str, list] | None = None,
                   progress: Progress | None = None, done: int = 0, total: int = 0) -> int:
     """Feed one pair of blocks through `rows`, chunk by chunk; returns rows done so far."""
-    step = rows_per_chunk(img.dim, 8)  # chunks are widened to float64 for the checks
+    step = rows_per_chunk(img.dim, 4, IMPORT_CHUNK_BYTES)
     si, st = img.stream(), txt.stream()
     try:
         for s in range(0, img.rows, step):
