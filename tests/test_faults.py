@@ -32,9 +32,10 @@ def _import_when_released(home: str, path: str, start, out) -> None:
         out.put(("error", type(e).__name__, str(e)))
 
 
-def _round(home: Path, files: list[Path]) -> list[tuple]:
+def _round(jobs: list[tuple]) -> list[tuple]:
+    """Run jobs (target, args...) in forked processes released together; their reports."""
     start, out = FORK.Event(), FORK.Queue()
-    procs = [FORK.Process(target=_import_when_released, args=(str(home), str(f), start, out)) for f in files]
+    procs = [FORK.Process(target=target, args=(*args, start, out)) for target, *args in jobs]
     for p in procs:
         p.start()
     start.set()
@@ -66,7 +67,7 @@ def test_eight_concurrent_imports_under_one_name_leave_one_complete_version(tmp_
     if existing:
         ws.import_path(_vectors_file(tmp_path / "src", 99), "ds")
     for _ in range(10):
-        results = _round(home, files)
+        results = _round([(_import_when_released, str(home), str(f)) for f in files])
         assert [r[0] for r in results] == ["ok"] * 8, results
         winner = _check_one_complete_version(ws)
         assert winner.name in {r[2] for r in results}
@@ -91,15 +92,7 @@ def test_delete_while_importing_never_leaves_a_broken_dataset(tmp_path):
             out.put(("ok", "gone", str(e)))
 
     for _ in range(5):
-        start, out = FORK.Event(), FORK.Queue()
-        procs = [FORK.Process(target=_import_when_released, args=(str(home), str(f), start, out)),
-                 FORK.Process(target=delete, args=(start, out))]
-        for p in procs:
-            p.start()
-        start.set()
-        results = [out.get(timeout=120) for _ in procs]
-        for p in procs:
-            p.join(timeout=60)
+        results = _round([(_import_when_released, str(home), str(f)), (delete,)])
         assert all(r[0] == "ok" for r in results), results
         # either the import came last (a whole dataset) or the delete did (no dataset at all)
         if ws.exists("ds"):
