@@ -411,8 +411,7 @@ class Workspace:
             shutil.rmtree(staging / "extract", ignore_errors=True)
             digest = content_hash(pset)
             version = ds_dir / f"v-{digest[:16]}"
-            if self._current(name) != version:
-                self._write_version(staging, name, pset, report, digest, copied)
+            self._write_version(staging, name, pset, report, digest, copied)  # whole before the commit
             with self.lock(name):
                 current = self._current(name)
                 if current == version:
