@@ -99,7 +99,10 @@ class _ImageFiles:
     """Map-style dataset: path -> preprocessed tensor, or None when the file fails to decode."""
 
     def __init__(self, paths: list[str], preprocess):
+        from .data import ImportLimits
+
         self.paths, self.preprocess = paths, preprocess
+        self.max_pixels = ImportLimits.from_env().max_pixels  # as at import (workers are new processes)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,6 +110,9 @@ class _ImageFiles:
     def __getitem__(self, i):
         from PIL import Image, ImageOps
 
+        from .data.images import pillow_pixel_limit
+
+        pillow_pixel_limit(self.max_pixels)
         try:
             with Image.open(self.paths[i]) as im:
                 im = ImageOps.exif_transpose(im).convert("RGB")

@@ -136,14 +136,35 @@ def _raw_npy(path: Path, header: dict, data: bytes = b"") -> None:
     path.write_bytes(b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + data)
 
 
-def test_header_claiming_petabytes_is_refused_without_allocating(tmp_path):
+def test_header_claiming_petabytes_is_refused_without_allocating(tmp_path, monkeypatch):
     p = tmp_path / "huge.npy"
     _raw_npy(p, {"descr": "<f4", "fortran_order": False, "shape": (2, 10**12, 512)}, b"\0" * 4096)
     with pytest.raises(DataFormatError) as e:
         load(p)
     msg = str(e.value)
-    assert "huge.npy" in msg and "truncated" in msg and "(2, 1000000000000, 512)" in msg
-    assert "4,096,000,000,000,000 bytes of data" in msg
+    assert "huge.npy" in msg and "(2, 1000000000000, 512)" in msg and "4,096,000,000,000,000 bytes" in msg
+    assert "half of the available memory" in msg and "MMVIZ_MAX_ARRAY_BYTES" in msg
+    # into a workspace the bound is the free disk, checked before the staging folder gets a byte
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(DataFormatError, match="free disk space"):
+        ws.import_path(p, "huge")
+    assert ws.names() == [] and not (ws.datasets_dir / "huge").exists()
+    # with the bound lifted, the file is what it is: truncated
+    monkeypatch.setenv("MMVIZ_MAX_ARRAY_BYTES", str(2**62))
+    with pytest.raises(DataFormatError, match="truncated"):
+        ws.import_path(p, "huge")
+
+
+def test_max_array_bytes_bounds_each_array(tmp_path, monkeypatch):
+    arr = _pairs(n=100, d=8)  # 3,200 bytes per half
+    np.savez(tmp_path / "v.npz", image=arr[0], text=arr[1])
+    monkeypatch.setenv("MMVIZ_MAX_ARRAY_BYTES", "3000")
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(DataFormatError) as e:
+        ws.import_path(tmp_path / "v.npz", "v")
+    assert "v.npz[image]" in str(e.value) and "3,200 bytes, over the 3,000 bytes allowed" in str(e.value)
+    monkeypatch.setenv("MMVIZ_MAX_ARRAY_BYTES", "3200")
+    assert ws.import_path(tmp_path / "v.npz", "v").report.kept == 100
 
 
 def test_truncated_npy_says_truncated_not_unpickling(tmp_path):
