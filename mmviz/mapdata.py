@@ -43,14 +43,18 @@ class MapFrame:
         xy = check_positions(xy)
         if len(xy) == 0:
             return cls((0.0, 0.0), 1.0)
-        lo, hi = xy.min(0).astype(np.float64), xy.max(0).astype(np.float64)
-        half = float((hi - lo).max()) / 2
-        return cls((float(lo[0] + hi[0]) / 2, float(lo[1] + hi[1]) / 2), half if half > 0 else 1.0)
+        # per column: numpy reduces a contiguous column ~20x faster than axis 0 of (n, 2)
+        (x0, x1), (y0, y1) = [(float(xy[:, j].min()), float(xy[:, j].max())) for j in (0, 1)]
+        half = max(x1 - x0, y1 - y0) / 2
+        return cls(((x0 + x1) / 2, (y0 + y1) / 2), half if half > 0 else 1.0)
 
     def to_ndc(self, xy: np.ndarray) -> np.ndarray:
         """(n, 2) data positions as float32 NDC (computed in float64, then rounded once)."""
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        return ((xy - np.asarray(self.centre)) / self.half).astype(np.float32)
+        xy = np.asarray(xy).reshape(-1, 2)
+        out = np.empty(xy.shape, np.float32)
+        for j in (0, 1):
+            out[:, j] = (xy[:, j].astype(np.float64) - self.centre[j]) / self.half
+        return out
 
     def from_ndc(self, ndc: np.ndarray) -> np.ndarray:
         """The inverse of `to_ndc` (float64): what a screen region in NDC covers in data units."""
@@ -64,8 +68,8 @@ def check_positions(xy: np.ndarray) -> np.ndarray:
         raise ValueError(f"map positions must have shape (n, 2), got {xy.shape}; pass a 2-D projection")
     if not np.issubdtype(xy.dtype, np.number):
         raise ValueError(f"map positions must be numbers, got dtype {xy.dtype}")
-    bad = ~np.isfinite(xy).all(1)
-    if bad.any():
+    if not np.isfinite(xy).all():  # the cheap whole-array check first; rows only on failure
+        bad = ~np.isfinite(xy).all(1)
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"map position row {row} is not finite ({xy[row].tolist()}); "
                          f"{int(bad.sum())} rows are NaN/inf: drop or impute them before drawing")
@@ -248,14 +252,18 @@ class MapPayload:
     frame: MapFrame
 
 
+def _ndc_bbox(ndc: np.ndarray) -> list[float]:
+    """left, bottom, right, top of the points in NDC (what "Reset view" fits)."""
+    return [float(ndc[:, 0].min()), float(ndc[:, 1].min()), float(ndc[:, 0].max()), float(ndc[:, 1].max())]
+
+
 def build_map(xy: np.ndarray, category: np.ndarray, categories: Sequence[str], colours: Sequence[str], *,
               values: np.ndarray | None = None, value_label: str = "value",
               arrow: tuple | None = None, point_size: float | None = None, height: int = 640,
               target: str = "map") -> MapPayload:
     """Check and pack one map: positions fitted to NDC, codes, optional values, the gap arrow."""
-    xy = check_positions(xy)
+    frame = MapFrame.fit(xy)  # checks xy
     n = len(xy)
-    frame = MapFrame.fit(xy)
     ndc = frame.to_ndc(xy)
     codes = encode_categories(category, n, categories, colours)
     values01, vrange = None, None
@@ -269,17 +277,19 @@ def build_map(xy: np.ndarray, category: np.ndarray, categories: Sequence[str], c
         "counts": legend_counts(codes, len(categories)),
         "colour_by": "value" if values is not None else "category",
         "point_size": float(point_size) if point_size else default_point_size(n),
-        "bbox": ([float(v) for v in ndc.min(0)] + [float(v) for v in ndc.max(0)]) if n else [-1.0, -1.0, 1.0, 1.0],
+        "bbox": _ndc_bbox(ndc) if n else [-1.0, -1.0, 1.0, 1.0],
     }
     if values is not None:
         config.update(value_range=vrange, value_label=value_label, colormap=continuous_colours())
     if arrow is not None:
+        from mmviz.viz import IMAGE_COLOUR, TEXT_COLOUR  # the app's modality colours, as in plotly
+
         (x0, y0), (x1, y1) = arrow
         ends = frame.to_ndc(np.array([[x0, y0], [x1, y1]], np.float64))
         if not np.isfinite(ends).all():
             raise ValueError(f"the gap arrow's ends must be finite, got {arrow}")
         config["arrow"] = {"from": ends[0].tolist(), "to": ends[1].tolist(),
-                           "labels": ["text centre", "image centre"]}
+                           "labels": ["text centre", "image centre"], "colours": [TEXT_COLOUR, IMAGE_COLOUR]}
     return MapPayload(points_table(ndc, codes, values01), config, frame)
 
 

@@ -3,11 +3,13 @@ return exactly the points inside them to Python, hovering a point shows its capt
 Python, and a hover rerun does not re-send the points."""
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmviz.mapdata import MapFrame
 from test_browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, start_server, stop_server
@@ -170,7 +172,52 @@ def test_map_draws_selects_and_hovers(demo_url):
             page.screenshot(path=str(ARTIFACTS / "map_hover.png"))
             # the rerun re-sends the 900 kB points element as a cache reference, not the data
             assert hover_bytes < 20_000, f"a hover moved {hover_bytes} bytes: {received[before:]}"
+
+            # Pan and zoom move the view (and the 2-D overlay with it); Reset view comes back.
+            view0 = root.get_attribute("data-view")
+            page.mouse.move(hx - 200, hy - 100)
+            page.mouse.wheel(0, -400)
+            expect(root).not_to_have_attribute("data-view", view0, timeout=30_000)
+            page.wait_for_timeout(800)  # let the zoom settle
+            zoomed = Screen(page, frame)
+            assert zoomed.view[2] - zoomed.view[0] < 0.9 * (screen.view[2] - screen.view[0])
+            page.mouse.move(hx - 200, hy - 100)
+            page.mouse.down()
+            page.mouse.move(hx - 100, hy - 100, steps=8)
+            page.mouse.up()
+            page.wait_for_timeout(800)
+            panned = Screen(page, frame)
+            shift = (panned.view[0] - zoomed.view[0]) / (zoomed.view[2] - zoomed.view[0]) * zoomed.box["width"]
+            assert shift == pytest.approx(-100, abs=3), f"a 100 px drag panned {shift:.1f} px"
+            # the gap arrow is redrawn where its middle now is: dark pixels there
+            half = N // 2
+            mid = (xy[half:].mean(0) + xy[:half].mean(0)) / 2
+            mx, my = panned.px([mid])[0]
+            shot = np.asarray(Image.open(io.BytesIO(page.screenshot(clip={"x": mx - 4, "y": my - 4, "width": 9,
+                                                                            "height": 9}))).convert("L"))
+            assert shot.min() < 90, "no arrow where the arrow's middle should be after pan and zoom"
+            page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
+            page.get_by_role("button", name="Reset view").click()
+            expect(root).to_have_attribute("data-view", view0, timeout=30_000)
             print(f"websocket: first load {first_load:,} B, hover {hover_bytes:,} B; "
                   f"draw {root.get_attribute('data-draw-ms')} ms {root.get_attribute('data-timings')}")
+        finally:
+            browser.close()
+
+
+def test_map_without_webgl_says_so(demo_url):
+    """With WebGL off (--disable-3d-apis) the map explains itself instead of a blank box."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True,
+                                    args=CHROMIUM_ARGS + ["--disable-3d-apis"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.goto(demo_url)
+            root = page.locator(".mmviz-map")
+            expect(root).to_have_attribute("data-state", "error", timeout=120_000)
+            expect(root.locator(".mmviz-map__message")).to_contain_text("WebGL is not available")
+            page.screenshot(path=str(ARTIFACTS / "map_no_webgl.png"))
         finally:
             browser.close()

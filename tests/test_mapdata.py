@@ -151,6 +151,7 @@ def test_build_map_config():
     assert cfg["bbox"] == [-1.0, -0.5, 1.0, 0.5]
     assert cfg["arrow"]["from"] == [1.0, 0.5] and cfg["arrow"]["to"] == [-1.0, -0.5]
     assert cfg["arrow"]["labels"] == ["text centre", "image centre"]
+    assert cfg["arrow"]["colours"] == ["#ff7f0e", "#1f77b4"]  # caption orange, image blue
     assert cfg["point_size"] == pytest.approx(mapdata.default_point_size(3))
     # the token follows the data: same data same token, one moved point a new one
     again = mapdata.build_map(xy.copy(), np.array([0, 1, 1]), ["image", "caption"], COLOURS, target="gap")

@@ -4,6 +4,8 @@ MAP_N points (default 100k): half "images" in a few clusters, half "captions" sh
 gap, plus landmarks the tests aim at (`layout`): an empty moat around box BOX_REGION, an
 isolated cluster for the lasso, an isolated point for the hover. MAP_COLOUR=value colours by
 a continuous value instead of modality. Selections are written to the page as count + md5.
+MAP_RENDERER=plotly draws the same points with the Gap page's plotly figure instead (the
+benchmark's baseline, bench/map_draw.py).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import hashlib
 import io
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,14 +94,24 @@ def main() -> None:
     arrow = (tuple(xy[half:].mean(0)), tuple(xy[:half].mean(0)))
     values = xy[:, 0] * xy[:, 1] if os.environ.get("MAP_COLOUR") == "value" else None
 
+    if os.environ.get("MAP_RENDERER") == "plotly":
+        from mmviz.viz import pair_hover, pairs_figure
+
+        owner = np.arange(half)
+        hover = pair_hover([f"img{i}" for i in range(half)], [f"caption of point {i}" for i in owner], owner)
+        st.plotly_chart(pairs_figure(xy[:half], xy[half:], owner, hover=hover, height=560))
+        return
+
     @st.fragment
     def panel():
+        t0 = time.perf_counter()
         ev = embedding_map(
             xy, modality, ["image", "caption"], [IMAGE_COLOUR, TEXT_COLOUR], values=values, value_label="x·y",
             lines=pairs, arrow=arrow, selected=st.session_state.get("picked"),
             hover_detail=lambda i: {"index": i, "title": f"Point {i}", "text": f"caption of point {i}",
                                     "image": thumbnail(i) if modality[i] == 0 else None},
             height=560, key="demo-map")
+        call_ms = (time.perf_counter() - t0) * 1000
         if ev.selection is not None:
             st.session_state.picked = ev.selection
             st.session_state.selections = st.session_state.get("selections", 0) + 1
@@ -109,7 +122,7 @@ def main() -> None:
                      f"md5 {selection_digest(picked)}, first {picked[:5].tolist()}")
         st.session_state.runs = st.session_state.get("runs", 0) + 1
         st.write(f"hover: {ev.hover}")
-        st.caption(f"fragment runs: {st.session_state.runs}")
+        st.caption(f"fragment runs: {st.session_state.runs}; embedding_map call {call_ms:.0f} ms")
 
     panel()
 

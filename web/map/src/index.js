@@ -74,12 +74,12 @@ function indicesToBase64(indices) {
 
 // regl-scatterplot would build its spatial index (KDBush, the same 4.0 format) from its own
 // per-point arrays, cloning all of them into a worker past 1M points; built here straight
-// from the typed columns it takes a fraction of the time.
+// from the typed columns it takes a fraction of the time. The hover uses it too.
 function spatialIndex(x, y) {
   const index = new KDBush(x.length, 64, Float32Array);
   for (let i = 0; i < x.length; i++) index.add(x[i], y[i]);
   index.finish();
-  return index.data;
+  return index;
 }
 
 function column(table, name) {
@@ -285,7 +285,6 @@ class MapView {
         // no key starts the library's own lasso: shift-drag is ours (startBrush)
         actionKeyMap: { merge: 'cmd', remove: 'alt' },
         pointColorActive: '#d62728',
-        pointColorHover: theme.text,
         pointOutlineWidth: 2,
         opacityInactiveScale: 0.5,
       });
@@ -302,8 +301,17 @@ class MapView {
       this.frames = (this.frames || 0) + 1;
       this.onFrame();
     });
-    this.plot.subscribe('pointOver', (i) => this.onHover(i));
-    this.plot.subscribe('pointOut', () => this.onHoverOut());
+    // Hover is ours: regl-scatterplot re-renders every point to highlight a hovered one
+    // (seconds per move at 2M points in software GL). Moves over the map with no button down
+    // stop here (drags still reach the camera), and the hovered point is ringed on the overlay.
+    this.onMove = (ev) => this.hoverAt(ev);
+    window.addEventListener('mousemove', this.onMove, true);
+    for (const type of ['mouseenter', 'mouseleave']) {
+      this.root.addEventListener(type, (ev) => {
+        if (ev.target === this.glCanvas) ev.stopPropagation();
+        if (type === 'mouseleave' && this.hovered >= 0) this.onHoverOut();
+      }, true);
+    }
     this.plot.subscribe('select', ({ points }) => this.sendSelection(points));
     this.plot.subscribe('deselect', () => this.sendSelection([]));
     this.root.addEventListener('mousedown', (ev) => this.startBrush(ev), true);
@@ -340,7 +348,8 @@ class MapView {
     // first frame should already be the final one.
     this.resetView();
     const t0 = performance.now();
-    const index = x.length ? spatialIndex(x, y) : undefined;
+    this.index = x.length ? spatialIndex(x, y) : null;
+    const index = this.index?.data;
     const tIndex = performance.now();
     await this.plot.draw(data, {
       zDataType: 'categorical',
@@ -464,6 +473,19 @@ class MapView {
   drawTop() {
     const top = this.context2d(this.arrowCanvas);
     if (this.config?.arrow) this.drawArrow(top, this.config.arrow);
+    if (this.hovered >= 0 && this.points) {
+      const [px, py] = this.toPixel(this.points.x[this.hovered], this.points.y[this.hovered]);
+      const r = this.pointRadius();
+      top.beginPath();
+      top.arc(px, py, Math.max(2.5, r), 0, 2 * Math.PI); // the point itself, unfaded
+      top.fillStyle = this.pointColour(this.hovered);
+      top.fill();
+      top.beginPath();
+      top.arc(px, py, r + 3, 0, 2 * Math.PI);
+      top.lineWidth = 2;
+      top.strokeStyle = this.theme().text;
+      top.stroke();
+    }
     if (this.brush) {
       const polygon = this.brushPolygon();
       if (polygon.length < 2) return;
@@ -516,7 +538,8 @@ class MapView {
     tip();
     ctx.fillStyle = theme.text;
     ctx.fill();
-    const dots = [[sx, sy, this.config.colours?.[1] || '#ff7f0e'], [ex, ey, this.config.colours?.[0] || '#1f77b4']];
+    const [fromColour, toColour] = arrow.colours || ['#ff7f0e', '#1f77b4'];
+    const dots = [[sx, sy, fromColour], [ex, ey, toColour]];
     for (const [px, py, colour] of dots) {
       ctx.beginPath();
       ctx.arc(px, py, 5, 0, 2 * Math.PI);
@@ -592,11 +615,60 @@ class MapView {
     }
   }
 
+  hoverAt(ev) {
+    if (ev.buttons !== 0 || this.brush || !this.pointsReady || !this.viewMatrix) return;
+    if (ev.target !== this.glCanvas) {
+      if (this.hovered >= 0) this.onHoverOut();
+      return;
+    }
+    ev.stopPropagation();
+    const rect = this.glCanvas.getBoundingClientRect();
+    const px = ev.clientX - rect.left;
+    const py = ev.clientY - rect.top;
+    const i = this.nearest(px, py);
+    if (i !== this.hovered) {
+      if (i >= 0) this.onHover(i);
+      else this.onHoverOut();
+    }
+  }
+
+  pointRadius() {
+    // regl-scatterplot's 'asinh' point scaling: points grow slowly as one zooms in
+    const zoom = this.plot.get('camera').scaling[0];
+    const scale = zoom > 1 ? Math.asinh(zoom) / Math.asinh(1) : zoom;
+    return (this.config.point_size * scale) / 2;
+  }
+
+  pointColour(i) {
+    const { c, v } = this.points;
+    const { colormap, colours, colour_by: by } = this.config;
+    if (by === 'value' && v) return colormap[Math.round(v[i] * (colormap.length - 1))];
+    return colours[c[i]];
+  }
+
+  nearest(px, py) {
+    const [x, y] = this.toNdc(px, py);
+    const [x2] = this.toNdc(px + Math.max(5, this.pointRadius() + 3), py);
+    const r = Math.abs(x2 - x);
+    let best = -1;
+    let bestD = r * r;
+    const { x: xs, y: ys } = this.points;
+    for (const i of this.index.range(x - r, y - r, x + r, y + r)) {
+      const d = (xs[i] - x) ** 2 + (ys[i] - y) ** 2;
+      if (d <= bestD) {
+        bestD = d;
+        best = i;
+      }
+    }
+    return best;
+  }
+
   onHover(index) {
     this.hovered = index;
     this.root.dataset.hover = String(index);
     this.fillTooltip();
     this.placeTooltip();
+    this.drawTop();
     clearTimeout(this.hoverTimer);
     // Report only where the pointer rests: sweeping across points must not flood reruns.
     this.hoverTimer = setTimeout(() => {
@@ -612,6 +684,7 @@ class MapView {
     this.root.dataset.hover = '';
     this.tooltip.hidden = true;
     clearTimeout(this.hoverTimer);
+    this.drawTop();
   }
 
   fillTooltip() {
@@ -656,6 +729,7 @@ class MapView {
 
   destroy() {
     window.removeEventListener(OVERLAY_EVENT, this.onOverlay);
+    window.removeEventListener('mousemove', this.onMove, true);
     clearTimeout(this.hoverTimer);
     this.resizeObserver?.disconnect();
     this.plot?.destroy();
