@@ -134,6 +134,7 @@ def test_map_draws_selects_and_hovers(demo_url):
             m = map_demo.MOAT / 2
             corners = screen.px([[x0 - m, y1 + m], [x1 + m, y0 - m]])
             page.get_by_role("button", name="Box mode").click()
+            frames = int(root.get_attribute("data-frames"))
             drag(page, [corners[0], corners[1]])
             lo, hi = screen.data(corners).min(0), screen.data(corners).max(0)
             inside = np.flatnonzero(((xy >= lo) & (xy <= hi)).all(1))
@@ -142,6 +143,9 @@ def test_map_draws_selects_and_hovers(demo_url):
             page.screenshot(path=str(ARTIFACTS / "map_box_selected.png"))
             expect_selection(page, inside, 1)
             expect(root).to_have_attribute("data-selected", str(len(inside)), timeout=30_000)
+            # the drag drew its outline in 2-D: WebGL rendered only for the new highlight (each
+            # full frame costs seconds at millions of points in software GL)
+            assert int(root.get_attribute("data-frames")) - frames <= 2
             page.screenshot(path=str(ARTIFACTS / "map_box_selected.png"))
 
             # Lasso: a free-form loop around the isolated cluster.
@@ -158,6 +162,7 @@ def test_map_draws_selects_and_hovers(demo_url):
             page.get_by_role("button", name="Pan mode").click()
             page.wait_for_timeout(500)
             before = len(received)
+            frames = root.get_attribute("data-frames")
             hx, hy = screen.px([map_demo.HOVER_POINT])[0]
             page.mouse.move(hx - 30, hy - 30)
             page.mouse.move(hx, hy, steps=5)
@@ -169,6 +174,7 @@ def test_map_draws_selects_and_hovers(demo_url):
             expect(page.get_by_text(f"hover: {i}")).to_be_visible(timeout=30_000)
             page.wait_for_timeout(500)
             hover_bytes = sum(received[before:])
+            assert root.get_attribute("data-frames") == frames, "hovering re-rendered the points"
             page.screenshot(path=str(ARTIFACTS / "map_hover.png"))
             # the rerun re-sends the 900 kB points element as a cache reference, not the data
             assert hover_bytes < 20_000, f"a hover moved {hover_bytes} bytes: {received[before:]}"

@@ -177,6 +177,7 @@ class MapView {
     const at = (ev) => [ev.clientX - rect.left, ev.clientY - rect.top];
     this.brush = { type: this.mode === 'box' ? 'box' : 'lasso', points: [at(event)] };
     const move = (ev) => {
+      ev.stopPropagation(); // the library would hover (and re-render) points under the drag
       const p = at(ev);
       const pts = this.brush.points;
       if (this.brush.type === 'box') pts[1] = p;
@@ -285,7 +286,8 @@ class MapView {
         // no key starts the library's own lasso: shift-drag is ours (startBrush)
         actionKeyMap: { merge: 'cmd', remove: 'alt' },
         pointColorActive: '#d62728',
-        pointOutlineWidth: 2,
+        pointOutlineWidth: 1,
+        pointSizeSelected: 1,
         opacityInactiveScale: 0.5,
       });
     } catch (err) {
@@ -299,6 +301,7 @@ class MapView {
     // 'drawing' is published synchronously with each GL frame, so the overlay never lags.
     this.plot.subscribe('drawing', () => {
       this.frames = (this.frames || 0) + 1;
+      this.root.dataset.frames = String(this.frames); // GL frames so far (each costs in software GL)
       this.onFrame();
     });
     // Hover is ours: regl-scatterplot re-renders every point to highlight a hovered one
@@ -602,7 +605,9 @@ class MapView {
     if (overlay.selected_token !== this.selectedToken) {
       this.selectedToken = overlay.selected_token;
       const picked = column(overlay.selected, 'i');
-      if (picked) {
+      // Python usually echoes the selection just made here: re-selecting it would only cost
+      // another full frame.
+      if (picked && !this.isSelected(picked)) {
         if (picked.length) this.plot.select(Array.from(picked), { preventEvent: true });
         else this.plot.deselect({ preventEvent: true });
       }
@@ -661,6 +666,14 @@ class MapView {
       }
     }
     return best;
+  }
+
+  isSelected(indices) {
+    const current = this.plot.get('selectedPoints');
+    if (current.length !== indices.length) return false;
+    const mask = new Uint8Array(this.config.n);
+    for (const i of current) mask[i] = 1;
+    return indices.every((i) => mask[i] === 1);
   }
 
   onHover(index) {
