@@ -205,6 +205,13 @@ def test_map_draws_selects_and_hovers(demo_url):
             page.screenshot(path=str(ARTIFACTS / "map_zoomed.png"))
             page.get_by_role("button", name="Reset view").click()
             expect(root).to_have_attribute("data-view", view0, timeout=30_000)
+
+            # New colours for the same points: redrawn in place, the legend becomes a colour bar.
+            page.get_by_text("Colour by x·y").click()
+            expect(root.locator(".mmviz-map__legend")).to_contain_text("x·y", timeout=60_000)
+            expect(root).to_have_attribute("data-drawn", str(N), timeout=60_000)
+            assert root.get_attribute("data-view") == view0
+            page.screenshot(path=str(ARTIFACTS / "map_by_value.png"))
             print(f"websocket: first load {first_load:,} B, hover {hover_bytes:,} B; "
                   f"draw {root.get_attribute('data-draw-ms')} ms {root.get_attribute('data-timings')}")
         finally:

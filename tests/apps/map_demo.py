@@ -92,7 +92,6 @@ def main() -> None:
     half = n // 2
     pairs = np.c_[np.arange(min(2000, half)), half + np.arange(min(2000, half))]
     arrow = (tuple(xy[half:].mean(0)), tuple(xy[:half].mean(0)))
-    values = xy[:, 0] * xy[:, 1] if os.environ.get("MAP_COLOUR") == "value" else None
 
     if os.environ.get("MAP_RENDERER") == "plotly":
         from mmviz.viz import pair_hover, pairs_figure
@@ -104,6 +103,8 @@ def main() -> None:
 
     @st.fragment
     def panel():
+        by_value = st.toggle("Colour by x·y", value=os.environ.get("MAP_COLOUR") == "value")
+        values = xy[:, 0] * xy[:, 1] if by_value else None
         t0 = time.perf_counter()
         ev = embedding_map(
             xy, modality, ["image", "caption"], [IMAGE_COLOUR, TEXT_COLOUR], values=values, value_label="x·y",

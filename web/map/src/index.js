@@ -238,6 +238,7 @@ class MapView {
     this.root.dataset.target = config.target;
     if (config.token === this.token) {
       this.applyOverlay();
+      if (this.viewMatrix) this.drawTop(); // the theme may have changed
       return;
     }
     const arrived = performance.now();
@@ -348,8 +349,13 @@ class MapView {
     this.selectedToken = undefined;
     this.pointsReady = false;
     // Aim the camera first: in software GL each full frame of 2M points costs seconds, so the
-    // first frame should already be the final one.
-    this.resetView();
+    // first frame should already be the final one. New colours on the same positions keep
+    // the user's view.
+    const bboxKey = config.bbox.join(',');
+    if (bboxKey !== this.bboxKey) {
+      this.bboxKey = bboxKey;
+      this.resetView();
+    }
     const t0 = performance.now();
     this.index = x.length ? spatialIndex(x, y) : null;
     const index = this.index?.data;
