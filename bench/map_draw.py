@@ -14,6 +14,7 @@ the map at the same size; then the map alone at `--sizes`.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -107,7 +108,8 @@ def main() -> None:
               f"{r['bytes_hover']:,} B")
     biggest = rows[-1]
     report = {
-        "machine": {"cpus": platform.machine(), "python": platform.python_version()},
+        "machine": {"arch": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average": [round(v, 1) for v in os.getloadavg()]},
         "rows": rows,
         "speedup_vs_plotly_same_points": round(base["seconds_to_drawn"] / same["seconds_to_drawn"], 1),
         "bytes_ratio_vs_plotly_same_points": round(base["bytes_first_load"] / same["bytes_first_load"], 1),

@@ -253,6 +253,10 @@ class MapView {
     this.token = config.token;
     this.pointsReady = false;
     this.points = { x, y, c, v };
+    if (config.n === 0) {
+      this.fail('No points to draw.');
+      return;
+    }
     this.root.dataset.drawn = '';
     this.root.dataset.state = 'drawing';
     this.message.hidden = false;
