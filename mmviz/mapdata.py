@@ -312,3 +312,52 @@ def build_hover(*, target: str, detail: dict | None) -> dict:
     """The hovered point's detail: the only thing a hover rerun sends (a few hundred bytes plus
     the thumbnail)."""
     return {"overlay_for": target, "hover": check_hover_detail(detail)}
+
+
+# --- Image-caption pairs (the Gap explorer's layout) as map inputs, and back.
+
+PAIR_CATEGORIES = ["image", "caption"]
+
+
+@dataclass
+class PairsLayout:
+    """Images then captions as one point set: image i is point i, caption j is n_images + j."""
+
+    xy: np.ndarray          # (n_images + n_captions, 2)
+    category: np.ndarray    # 0 image, 1 caption
+    lines: np.ndarray       # (m, 2) image point, caption point
+    arrow: tuple            # (caption centre, image centre): the gap
+    n_images: int
+
+
+def pairs_layout(image_xy: np.ndarray, text_xy: np.ndarray, text_owner: np.ndarray,
+                 max_lines: int = 20_000) -> PairsLayout:
+    """Stack a 2-D layout of images and captions for `embedding_map`; caption j belongs to image
+    text_owner[j]. Pair lines join the first `max_lines` captions to their images."""
+    image_xy, text_xy = np.asarray(image_xy), np.asarray(text_xy)
+    owner = np.asarray(text_owner)
+    ni, nt = len(image_xy), len(text_xy)
+    if owner.shape != (nt,):
+        raise ValueError(f"text_owner must give one image per caption, shape ({nt},), got {owner.shape}")
+    if nt and (owner.min() < 0 or owner.max() >= ni):
+        raise ValueError(f"text_owner refers to image {int(owner.max())}, but there are {ni} images")
+    m = min(nt, max_lines, MAX_LINES)
+    return PairsLayout(
+        xy=np.concatenate([image_xy, text_xy]),
+        category=np.r_[np.zeros(ni, np.uint8), np.ones(nt, np.uint8)],
+        lines=np.c_[owner[:m], ni + np.arange(m)],
+        arrow=(tuple(text_xy.mean(0).tolist()), tuple(image_xy.mean(0).tolist())),
+        n_images=ni)
+
+
+def picked_images(selection: np.ndarray, n_images: int, text_owner: np.ndarray) -> np.ndarray:
+    """The images a map selection picks: selected images, and the images of selected captions."""
+    sel = np.asarray(selection, np.int64)
+    return np.unique(np.r_[sel[sel < n_images], np.asarray(text_owner)[sel[sel >= n_images] - n_images]])
+
+
+def pair_points(images: np.ndarray, n_images: int, text_owner: np.ndarray) -> np.ndarray:
+    """The map points of `images` and all their captions (to pass as `selected=`)."""
+    images = np.asarray(images, np.int64)
+    captions = np.flatnonzero(np.isin(text_owner, images))
+    return np.r_[images, n_images + captions]

@@ -204,3 +204,25 @@ def test_streamlit_sends_the_points_as_one_arrow_blob_not_json():
     assert len(proto.mixed.json) < 1_000                  # the config only
     table = pa.ipc.open_stream(blobs[0].data).read_all()
     np.testing.assert_array_equal(table["x"].to_numpy(), payload.frame.to_ndc(xy)[:, 0])
+
+
+def test_pairs_layout_stacks_images_then_captions():
+    image_xy = np.array([[0.0, 0.0], [2.0, 0.0]])
+    text_xy = np.array([[0.0, 1.0], [2.0, 1.0], [2.0, 3.0]])
+    owner = np.array([0, 1, 1])
+    lay = mapdata.pairs_layout(image_xy, text_xy, owner, max_lines=2)
+    assert lay.xy.tolist() == [[0, 0], [2, 0], [0, 1], [2, 1], [2, 3]]
+    assert lay.category.tolist() == [0, 0, 1, 1, 1] and lay.n_images == 2
+    assert lay.lines.tolist() == [[0, 2], [1, 3]]          # the first two captions to their images
+    assert lay.arrow == ((4 / 3, 5 / 3), (1.0, 0.0))        # caption centre -> image centre
+    with pytest.raises(ValueError, match="refers to image 2, but there are 2 images"):
+        mapdata.pairs_layout(image_xy, text_xy, np.array([0, 1, 2]))
+
+
+def test_selection_to_pairs_and_back():
+    owner = np.array([0, 1, 1, 2])  # 3 images (points 0-2), 4 captions (points 3-6)
+    # image 0 picked directly, caption 2 (point 5) picks image 1
+    assert mapdata.picked_images(np.array([0, 5]), 3, owner).tolist() == [0, 1]
+    assert mapdata.picked_images(np.array([], int), 3, owner).tolist() == []
+    # image 1 with its captions 1 and 2 (points 4, 5)
+    assert mapdata.pair_points(np.array([1]), 3, owner).tolist() == [1, 4, 5]

@@ -6,9 +6,10 @@
 //   * two relays, data = {overlay_for, lines?, selected?} and {overlay_for, hover}: small, they
 //     change with the selection and on every hover. They hand their data to the map through a
 //     window CustomEvent, so a hover rerun does not change (and re-send) the big message.
-import KDBush from 'kdbush';
 import createScatterplot from 'regl-scatterplot';
+import { drawArrow, drawBrush, drawHoverRing, drawPairLines, renderLegend } from './draw2d.js';
 import './map.css';
+import { column, el, fmt, indicesToBase64, spatialIndex, webglProblem } from './util.js';
 
 const OVERLAY_EVENT = 'mmviz-map-overlay';
 const HOVER_DEBOUNCE_MS = 150;
@@ -38,56 +39,6 @@ export default function mountMap(component) {
     maps.delete(parentElement);
   };
 }
-
-function el(tag, className, parent, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function webglProblem() {
-  try {
-    const probe = document.createElement('canvas');
-    const gl = probe.getContext('webgl');
-    if (!gl) return 'WebGL is not available in this browser';
-    gl.getExtension('WEBGL_lose_context')?.loseContext();
-    return null;
-  } catch (err) {
-    return `WebGL failed to start: ${err}`;
-  }
-}
-
-// Indices as base64 little-endian uint32: a million-point lasso is 5 MB instead of ~7 MB of
-// JSON, and Python decodes it with one np.frombuffer.
-function indicesToBase64(indices) {
-  const u32 = Uint32Array.from(indices);
-  const bytes = new Uint8Array(u32.buffer);
-  let out = '';
-  const chunk = 0x8000;
-  for (let i = 0; i < bytes.length; i += chunk) {
-    out += String.fromCharCode.apply(null, bytes.subarray(i, i + chunk));
-  }
-  return btoa(out);
-}
-
-// regl-scatterplot would build its spatial index (KDBush, the same 4.0 format) from its own
-// per-point arrays, cloning all of them into a worker past 1M points; built here straight
-// from the typed columns it takes a fraction of the time. The hover uses it too.
-function spatialIndex(x, y) {
-  const index = new KDBush(x.length, 64, Float32Array);
-  for (let i = 0; i < x.length; i++) index.add(x[i], y[i]);
-  index.finish();
-  return index;
-}
-
-function column(table, name) {
-  const col = table?.getChild?.(name);
-  return col ? col.toArray() : null;
-}
-
-const fmt = (n) => Number(n).toLocaleString('en-US');
 
 class MapView {
   constructor(parent) {
@@ -261,7 +212,7 @@ class MapView {
     this.root.dataset.state = 'drawing';
     this.message.hidden = false;
     this.message.textContent = `Drawing ${fmt(config.n)} points…`;
-    this.renderLegend();
+    renderLegend(this.legend, config);
     this.note.textContent = `${fmt(config.n)} points`;
     if (!this.plot && !this.createPlot()) return;
     // One draw at a time (regl-scatterplot rejects overlapping draws); a newer token wins.
@@ -404,13 +355,13 @@ class MapView {
 
   // --- NDC <-> pixels, the renderer's own transform: clip = projection · view · model · p,
   // with projection = scale(1 / aspect, 1) and model = identity (data aspect ratio 1).
-  toPixel(x, y) {
+  toPixel = (x, y) => {
     const m = this.viewMatrix;
     const { width, height } = this.size;
     const cx = (m[0] * x + m[4] * y + m[12]) / (width / height);
     const cy = m[1] * x + m[5] * y + m[13];
     return [((cx + 1) / 2) * width, ((1 - cy) / 2) * height];
-  }
+  };
 
   toNdc(px, py) {
     const m = this.viewMatrix;
@@ -465,140 +416,20 @@ class MapView {
   }
 
   drawOverlay() {
-    const lines = this.context2d(this.linesCanvas);
-    const { x, y } = this.points || {};
-    if (this.lines && x) {
-      const { a, b } = this.lines;
-      lines.beginPath();
-      for (let k = 0; k < a.length; k++) {
-        const [px, py] = this.toPixel(x[a[k]], y[a[k]]);
-        const [qx, qy] = this.toPixel(x[b[k]], y[b[k]]);
-        lines.moveTo(px, py);
-        lines.lineTo(qx, qy);
-      }
-      lines.strokeStyle = 'rgba(120, 120, 120, 0.35)';
-      lines.lineWidth = 1;
-      lines.stroke();
-    }
+    const ctx = this.context2d(this.linesCanvas);
+    if (this.lines && this.points) drawPairLines(ctx, this.lines, this.points, this.toPixel);
     this.drawTop();
   }
 
   drawTop() {
-    const top = this.context2d(this.arrowCanvas);
-    if (this.config?.arrow) this.drawArrow(top, this.config.arrow);
-    if (this.hovered >= 0 && this.points) {
-      const [px, py] = this.toPixel(this.points.x[this.hovered], this.points.y[this.hovered]);
-      const r = this.pointRadius();
-      top.beginPath();
-      top.arc(px, py, Math.max(2.5, r), 0, 2 * Math.PI); // the point itself, unfaded
-      top.fillStyle = this.pointColour(this.hovered);
-      top.fill();
-      top.beginPath();
-      top.arc(px, py, r + 3, 0, 2 * Math.PI);
-      top.lineWidth = 2;
-      top.strokeStyle = this.theme().text;
-      top.stroke();
-    }
-    if (this.brush) {
-      const polygon = this.brushPolygon();
-      if (polygon.length < 2) return;
-      top.beginPath();
-      polygon.forEach(([px, py], k) => (k ? top.lineTo(px, py) : top.moveTo(px, py)));
-      top.closePath();
-      const { primary } = this.theme();
-      top.globalAlpha = 0.12;
-      top.fillStyle = primary;
-      top.fill();
-      top.globalAlpha = 1;
-      top.setLineDash(this.brush.type === 'box' ? [6, 4] : []);
-      top.strokeStyle = primary;
-      top.lineWidth = 1.5;
-      top.stroke();
-      top.setLineDash([]);
-    }
-  }
-
-  drawArrow(ctx, arrow) {
-    const [sx, sy] = this.toPixel(...arrow.from);
-    const [ex, ey] = this.toPixel(...arrow.to);
-    const len = Math.hypot(ex - sx, ey - sy);
-    const ux = len > 0 ? (ex - sx) / len : 1;
-    const uy = len > 0 ? (ey - sy) / len : 0;
-    const head = Math.min(16, Math.max(8, len * 0.35));
+    const ctx = this.context2d(this.arrowCanvas);
     const theme = this.theme();
-    const shaft = (width, colour) => {
-      ctx.beginPath();
-      ctx.moveTo(sx, sy);
-      ctx.lineTo(ex - ux * head * 0.8, ey - uy * head * 0.8);
-      ctx.strokeStyle = colour;
-      ctx.lineWidth = width;
-      ctx.lineCap = 'round';
-      ctx.stroke();
-    };
-    const tip = () => {
-      ctx.beginPath();
-      ctx.moveTo(ex, ey);
-      ctx.lineTo(ex - ux * head - uy * head * 0.55, ey - uy * head + ux * head * 0.55);
-      ctx.lineTo(ex - ux * head + uy * head * 0.55, ey - uy * head - ux * head * 0.55);
-      ctx.closePath();
-    };
-    shaft(7, theme.background); // a halo keeps the arrow readable over dense points
-    tip();
-    ctx.lineWidth = 4;
-    ctx.strokeStyle = theme.background;
-    ctx.stroke();
-    shaft(3, theme.text);
-    tip();
-    ctx.fillStyle = theme.text;
-    ctx.fill();
-    const [fromColour, toColour] = arrow.colours || ['#ff7f0e', '#1f77b4'];
-    const dots = [[sx, sy, fromColour], [ex, ey, toColour]];
-    for (const [px, py, colour] of dots) {
-      ctx.beginPath();
-      ctx.arc(px, py, 5, 0, 2 * Math.PI);
-      ctx.fillStyle = colour;
-      ctx.fill();
-      ctx.lineWidth = 2;
-      ctx.strokeStyle = theme.text;
-      ctx.stroke();
+    if (this.config?.arrow) drawArrow(ctx, this.config.arrow, this.toPixel, theme);
+    if (this.hovered >= 0 && this.points) {
+      const at = this.toPixel(this.points.x[this.hovered], this.points.y[this.hovered]);
+      drawHoverRing(ctx, at, this.pointRadius(), this.pointColour(this.hovered), theme);
     }
-    ctx.font = '600 13px "Source Sans Pro", "Source Sans 3", sans-serif';
-    ctx.textBaseline = 'bottom';
-    ctx.lineJoin = 'round';
-    const labels = arrow.labels || ['text centre', 'image centre'];
-    // Labels sit beyond each end, away from the shaft, so they never cover the arrow.
-    for (const [px, py, text, away] of [[sx, sy, labels[0], -1], [ex, ey, labels[1], 1]]) {
-      const w = ctx.measureText(text).width;
-      const lx = px + away * ux * 12 - (away * ux < 0 ? w : 0) - (Math.abs(ux) < 0.3 ? w / 2 : 0);
-      const ly = py + away * uy * 12 + (away * uy > 0 ? 14 : -2);
-      ctx.lineWidth = 4;
-      ctx.strokeStyle = theme.background;
-      ctx.strokeText(text, lx, ly);
-      ctx.fillStyle = theme.text;
-      ctx.fillText(text, lx, ly);
-    }
-  }
-
-  renderLegend() {
-    const config = this.config;
-    this.legend.replaceChildren();
-    if (config.colour_by === 'value' && config.colormap) {
-      el('div', 'mmviz-map__legend-title', this.legend, config.value_label || 'value');
-      const bar = el('div', 'mmviz-map__colorbar', this.legend);
-      bar.style.background = `linear-gradient(to right, ${config.colormap.join(', ')})`;
-      const ticks = el('div', 'mmviz-map__ticks', this.legend);
-      const [lo, hi] = config.value_range;
-      el('span', '', ticks, Number(lo).toPrecision(3));
-      el('span', '', ticks, Number(hi).toPrecision(3));
-      return;
-    }
-    config.categories.forEach((label, i) => {
-      const row = el('div', 'mmviz-map__legend-row', this.legend);
-      const swatch = el('span', 'mmviz-map__swatch', row);
-      swatch.style.background = config.colours[i];
-      el('span', 'mmviz-map__legend-label', row, label);
-      el('span', 'mmviz-map__legend-count', row, fmt(config.counts[i]));
-    });
+    if (this.brush) drawBrush(ctx, this.brushPolygon(), this.brush.type, theme);
   }
 
   applyOverlay() {
