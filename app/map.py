@@ -16,7 +16,11 @@ Use it inside an `st.fragment`, so a hover or a selection reruns only the fragme
                            key="gap-map")
         if ev.selection is not None:          # a new lasso/box/click selection (empty = cleared)
             st.session_state.picked = ev.selection
+            st.rerun(scope="fragment")        # draw the highlight and list it now
         ...list the picked pairs...
+
+(mmviz.mapdata.pairs_layout / picked_images / pair_points turn the Gap page's images and
+captions into these arguments and a selection back into image rows; see NOTES-webgl-map.md.)
 
 Three elements are mounted: the map (points, colours, arrow: big, re-sent only when they
 change) and two zero-height relays, one for the pair lines and highlighted selection, one for
