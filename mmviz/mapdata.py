@@ -196,6 +196,15 @@ def continuous_colours() -> list[str]:
     return list(sequential.Viridis)
 
 
+def category_colours(k: int) -> list[str]:
+    """k distinct hex colours for colouring by a table column: D3's ten (image blue, caption
+    orange first, as in the plotly figures), then Dark24 and Alphabet; repeats past 60."""
+    from plotly.colors import qualitative
+
+    palette = list(dict.fromkeys(c.lower() for c in qualitative.D3 + qualitative.Dark24 + qualitative.Alphabet))
+    return [palette[i % len(palette)] for i in range(k)]
+
+
 def legend_counts(codes: np.ndarray, k: int) -> list[int]:
     """How many points each category has (shown in the legend)."""
     return np.bincount(codes, minlength=k).astype(int).tolist()

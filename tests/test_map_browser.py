@@ -24,6 +24,7 @@ import map_demo  # noqa: E402  (the demo app's data, to know where every point i
 
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory):
+    chromium_path()  # skip before starting a server when there is no browser
     tmp = tmp_path_factory.mktemp("map-demo")
     url, proc, log = start_server(tmp, tmp / "home", script=DEMO, env={"MAP_N": str(N), "PYTHONPATH": str(ROOT)})
     yield url

@@ -70,6 +70,15 @@ def test_bad_categories_say_what_is_wrong(codes, labels, colours, message):
         mapdata.encode_categories(np.array(codes), 2, labels, colours)
 
 
+def test_category_colours_are_valid_and_distinct_up_to_the_palette():
+    colours = mapdata.category_colours(60)
+    assert colours[:2] == ["#1f77b4", "#ff7f0e"]
+    assert len(set(colours)) == 60
+    # accepted by the encoder as they are
+    mapdata.encode_categories(np.arange(60), 60, [str(i) for i in range(60)], colours)
+    assert mapdata.category_colours(61)[60] == colours[0]
+
+
 def test_values_scale_to_unit_interval():
     v01, lo, hi = mapdata.scale_values(np.array([2.0, 4.0, 3.0, 10.0]), 4)
     assert (lo, hi) == (2.0, 10.0)
