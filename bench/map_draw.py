@@ -1,4 +1,4 @@
-"""The WebGL embedding map (app/map.py) against the Gap page's plotly figure, in headless
+"""The WebGL embedding map (app/embedding_map.py) against the Gap page's plotly figure, in headless
 Chromium with software GL (--no-sandbox --disable-gpu), on the demo app's synthetic pairs
 (tests/apps/map_demo.py: half images, half captions, 2,000 pair lines, the gap arrow).
 

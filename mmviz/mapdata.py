@@ -1,4 +1,4 @@
-"""The data behind the WebGL embedding map (the `mmviz.map` Streamlit component, app/map.py).
+"""The data behind the WebGL embedding map (the `mmviz.map` Streamlit component, app/embedding_map.py).
 
 Everything here is plain numpy/pyarrow so it is testable without Streamlit or a browser:
 fitting positions into the renderer's normalised device coordinates (NDC) without distorting

@@ -33,7 +33,7 @@ def demo_url(tmp_path_factory):
 
 def installed_mmviz() -> bool:
     """Streamlit finds component manifests only in installed distributions (pip install -e .);
-    with mmviz merely on sys.path, app/map.py passes the bundle inline instead."""
+    with mmviz merely on sys.path, app/embedding_map.py passes the bundle inline instead."""
     from importlib.metadata import PackageNotFoundError, distribution
 
     try:

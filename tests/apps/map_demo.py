@@ -79,7 +79,7 @@ def main() -> None:
     import streamlit as st
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from app.map import embedding_map
+    from app.embedding_map import embedding_map
 
     st.set_page_config(page_title="map demo", layout="wide")
     n = int(os.environ.get("MAP_N", "100000"))
