@@ -48,6 +48,17 @@ class Embeddings:
     seconds: float = 0.0
     cache_path: str = ""
     dataset_key: str = ""  # content hash of the dataset version
+    rows: np.ndarray | None = None  # dataset table row of each image (None: row i is image i)
+
+    @property
+    def table_rows(self) -> np.ndarray:
+        """The dataset table row of each image row (rows whose image failed are left out)."""
+        return np.arange(len(self.ids)) if self.rows is None else self.rows
+
+    def captions_of(self, image_row: int) -> range:
+        """Indices into `text` of one image's captions (text_owner is in image order)."""
+        return range(int(np.searchsorted(self.text_owner, image_row, "left")),
+                     int(np.searchsorted(self.text_owner, image_row, "right")))
 
     @property
     def key_parts(self) -> dict:
@@ -252,7 +263,7 @@ def _from_set(ds: Dataset, cache: EmbeddingCache, aligned: dict, model: str, t0:
                       skipped=[tuple(x) for x in info.get("skipped", [])],
                       computed=computed or {"images": 0, "captions": 0},
                       cached=cached or {"images": info.get("images", len(rows)), "captions": info.get("captions", 0)},
-                      seconds=time.time() - t0, cache_path=str(cache.path), dataset_key=ds.key)
+                      seconds=time.time() - t0, cache_path=str(cache.path), dataset_key=ds.key, rows=rows)
 
 
 def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch_size: int = 64,
