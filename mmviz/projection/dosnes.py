@@ -91,16 +91,55 @@ def doubly_stochastic(k, tol: float = 1e-5, max_iter: int = 1000):
     return d[:, None] * k * d[None, :], rounds, err
 
 
+def perplexity_affinities(d2, perplexity: float = 30.0, bandwidth: float = 1.0, steps: int = 50):
+    """t-SNE's conditional affinities, one kernel width per point: row i is a Gaussian
+    exp(-d2_ij / h_i) over its 3 * perplexity nearest rows (zero elsewhere and on the
+    diagonal, which `d2` must hold at +inf), normalised to sum 1, with h_i found by bisection
+    on log h_i so that the row's entropy is log(perplexity), then multiplied by `bandwidth`
+    (1: exactly that perplexity). Returns the dense (n, n) conditional matrix and the widths
+    used (n,). As in van der Maaten's Barnes-Hut t-SNE, the neighbour lists keep the cost
+    O(n * 3 * perplexity) per bisection step."""
+    import torch
+
+    n = d2.shape[0]
+    perplexity = max(min(float(perplexity), (n - 1) / 3), 1.0 + 1e-6)  # no more neighbours than there are
+    k = min(n - 1, int(3 * perplexity) + 1)
+    near, idx = torch.topk(d2, k, dim=1, largest=False)
+    near = near - near[:, :1]  # a row shift leaves the row's distribution as it is, without underflow
+    target = math.log(perplexity)
+    lo = torch.full((n, 1), math.log(1e-10), dtype=d2.dtype, device=d2.device)
+    hi = torch.full((n, 1), math.log(1e4), dtype=d2.dtype, device=d2.device)
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        wide = torch.special.entr(torch.softmax(-near / mid.exp(), dim=1)).sum(1, keepdim=True) > target
+        hi, lo = torch.where(wide, mid, hi), torch.where(wide, lo, mid)
+    h = float(bandwidth) * (0.5 * (lo + hi)).exp()
+    cond = torch.zeros_like(d2).scatter_(1, idx, torch.softmax(-near / h, dim=1))
+    return cond, h[:, 0]
+
+
 def dosnes_affinities(x, bandwidth: float = 1.0, perplexity: float | None = 30.0, tol: float = 1e-5,
-                      max_iter: int = 1000):
-    """DOSNES input affinities of unit rows `x` (a torch tensor; float64 advised): Gaussian
-    kernel exp(-||x_i - x_j||^2 / h) with a zero diagonal, Sinkhorn-scaled to doubly
-    stochastic, symmetrised and normalised to sum 1. h = bandwidth * calibrate_width(perplexity),
-    or h = bandwidth itself when perplexity is None (the paper's absolute kernel).
-    Returns (P, h, info) with info = {"rounds", "error"} of the Sinkhorn scaling."""
-    d2 = _shifted_distances(x)
-    h = float(bandwidth) * (calibrate_width(d2, perplexity) if perplexity else 1.0)
-    k = (-d2 / h).exp_()  # exp(-inf) = 0: the diagonal is zero before scaling
+                      max_iter: int = 1000, calibration: str = "point"):
+    """DOSNES input affinities of unit rows `x` (a torch tensor; float64 advised): a symmetric
+    Gaussian kernel with a zero diagonal, Sinkhorn-scaled to doubly stochastic, symmetrised
+    and normalised to sum 1. The kernel:
+      calibration="point": t-SNE's per-point widths (perplexity_affinities, each width times
+        `bandwidth`), symmetrised as (P_j|i + P_i|j) / 2, then scaled;
+      calibration="global": one width for all, exp(-||x_i - x_j||^2 / h) with
+        h = bandwidth * calibrate_width(perplexity);
+      perplexity=None: h = bandwidth itself (the paper's absolute kernel).
+    Returns (P, h, info): h the width (the median one for "point"), info = {"rounds",
+    "error"} of the Sinkhorn scaling."""
+    if calibration not in ("point", "global"):
+        raise ValueError(f"calibration must be 'point' or 'global', not {calibration!r}")
+    if perplexity and calibration == "point":
+        d2 = squared_distances(x).fill_diagonal_(float("inf"))
+        cond, widths = perplexity_affinities(d2, perplexity, bandwidth)
+        k, h = 0.5 * (cond + cond.T), float(widths.median())
+    else:
+        d2 = _shifted_distances(x)
+        h = float(bandwidth) * (calibrate_width(d2, perplexity) if perplexity else 1.0)
+        k = (-d2 / h).exp_()  # exp(-inf) = 0: the diagonal is zero before scaling
     p, rounds, err = doubly_stochastic(k, tol, max_iter)
     p = 0.5 * (p + p.T)  # symmetric already up to rounding; t-SNE's P must be exactly so
     return p / p.sum(), h, {"rounds": rounds, "error": err}
@@ -109,35 +148,53 @@ def dosnes_affinities(x, bandwidth: float = 1.0, perplexity: float | None = 30.0
 class DOSNES:
     """Doubly stochastic neighbour embedding on the sphere S^2.
 
-    Input rows are re-normalised to unit length. Affinities are exp(-||x_i - x_j||^2 / h),
-    zero diagonal, Sinkhorn-scaled to doubly stochastic, symmetrised, normalised to sum 1.
+    Input rows are re-normalised to unit length. Affinities: a Gaussian kernel with a zero
+    diagonal, made doubly stochastic by Sinkhorn scaling, symmetrised, normalised to sum 1;
+    then a Student-t layout on a sphere.
 
-    The kernel width: h = bandwidth * h_30, h_30 being the width at which kernel rows have a
-    mean perplexity of `perplexity` (30, t-SNE's default). Why not the reference code's
-    absolute h = 1: it was set for raw Gaussian data with squared distances in the tens;
-    between unit vectors they lie in [0, 4] (CLIP pairs mostly 0.5-1.8), and h = 1 gives
-    every point a perplexity near n: P is almost uniform and the layout mostly noise
-    (trustworthiness 0.87 on 500 real CLIP pairs, against 0.96 calibrated). `bandwidth`
-    stays a unitless knob (smaller: more local); `perplexity=None` makes h = bandwidth,
-    the paper's absolute kernel.
+    Two departures from the paper (Lu, Corander, Yang 2019), both for the affinities:
+    1. The kernel is calibrated per point, as in t-SNE, not one absolute width: row i is
+       exp(-||x_i - x_j||^2 / h_i) over its 3 * perplexity nearest rows, h_i chosen so the
+       row's perplexity is `perplexity`; the kernel is (P_j|i + P_i|j) / 2 and Sinkhorn
+       then makes it doubly stochastic, as the paper does with its kernel. The paper's
+       absolute h = 1 was set for raw Gaussian data with squared distances in the tens;
+       between unit vectors they lie in [0, 4] (CLIP pairs mostly 0.5-1.8), and h = 1 gives
+       every point a perplexity near n: trustworthiness 0.87 on 500 real CLIP pairs. One
+       global width calibrated to perplexity 30 (`calibration="global"`, this class's
+       default until now) gave 0.959 there, but only 0.942 on 2,000 points (those pairs
+       twice: a duplicate per point) where UMAP 3-D reaches 0.976: one width is too wide
+       where points are dense and too narrow where sparse, and Sinkhorn's rescaling does
+       not make up for it. Per point, at perplexity 30: 0.976 (2,000) and 0.965 (1,000).
+    2. Perplexity 15, not t-SNE's 30: trustworthiness (k = 10) 0.980 against UMAP's 0.976
+       on those 2,000 points, 0.980 against 0.976 with jittered instead of exact duplicates,
+       0.985 against 0.982 on CLIP + ConVIRT pairs (2,000), 0.965 against 0.963 on the
+       1,000 (perplexity 30: 0.976, 0.975, 0.984, 0.965; the neighbour lists matter too:
+       the same calibration over all n rows gave 0.960). NOTES-projection-scale.md has the
+       table; bench/projection.py measures it.
+    `bandwidth` multiplies every calibrated width (a unitless knob, smaller: more local);
+    `perplexity=None` makes the kernel exp(-||x_i - x_j||^2 / bandwidth), the paper's.
 
     The layout minimises KL(P || Q), Q_ij proportional to (1 + ||y_i - y_j||^2)^-1 in 3-D,
     by gradient descent with gains and momentum (0.5, then 0.8 from step 250) as in van der
-    Maaten's t-SNE, P exaggerated for the first 100 steps. After every step the points are
-    centred and projected onto a sphere of their mean radius: that is what the authors'
-    tsne_p_sphere.m does, and it matters, since on a sphere of radius 1 no two points are
-    more than 2 apart and the Student-t kernel could not pull clusters apart. The result is
-    that sphere scaled to radius 1. After the momentum switch the KL divergence is checked
-    every 50 steps and the run stops when it improved by less than `tol` (relative) since
-    the last check.
+    Maaten's t-SNE, P exaggerated for the first 100 steps (t-SNE's 12 for 250 steps did no
+    better: 0.972 against 0.976 at perplexity 30; nor did 1,500 steps). After every step
+    the points are centred and projected onto a sphere of their mean radius: that is what
+    the authors' tsne_p_sphere.m does, and it matters, since on a sphere of radius 1 no
+    two points are more than 2 apart and the Student-t kernel could not pull clusters
+    apart. The result is that sphere scaled to radius 1. After the momentum switch the KL
+    divergence is checked every 50 steps and the run stops when it improved by less than
+    `tol` (relative) since the last check.
 
-    Cost: dense n x n work per step, ~8 s for 2,000 points on 2 CPU cores (bench/projection.py).
-    On a CPU shared with other busy processes torch's OpenMP threads can slow this loop many
-    times over; torch.set_num_threads(1) is then the faster choice.
+    Cost: dense n x n work per step, seconds for 2,000 points on 2 CPU cores
+    (bench/projection.py). torch's OpenMP threads spin at every step until all arrive, so
+    one core taken by another process slowed the loop 3.6x; threads="auto" (TorchThreads)
+    runs it on the cores other processes leave idle, re-checked every 100 steps; an int
+    fixes the count, None leaves torch's setting. Results are reproducible for a seed and a
+    thread count (sums in another order round differently).
 
-    `transform(new)` places each row from its `n_neighbors_place` nearest fitted rows
-    (cosine): their layout positions averaged with the fit's kernel weights, then projected
-    onto the sphere. A fitted point lands at (or very near) its own position.
+    `transform(new)` places each row at the mean of its `n_neighbors_place` nearest fitted
+    rows' positions, weighted by exp(cos / place_temperature), back on the sphere
+    (KnnPlacement). A fitted point lands exactly on its own position.
     """
 
     def __init__(self, n_components: int = 3, bandwidth: float = 1.0, max_iter: int = 1000,
@@ -145,8 +202,9 @@ class DOSNES:
                  exaggeration_iter: int = 100, momentum: float = 0.5, final_momentum: float = 0.8,
                  momentum_switch_iter: int = 250, init: str = "pca", tol: float = 1e-3,
                  seed: int = 0, device=None, progress: Progress | None = None,
-                 n_neighbors_place: int = 10, perplexity: float | None = 30.0,
-                 sinkhorn_tol: float = 1e-5, threads="auto"):
+                 n_neighbors_place: int = 10, perplexity: float | None = 15.0,
+                 sinkhorn_tol: float = 1e-5, threads="auto", place_temperature: float = 0.01,
+                 calibration: str = "point"):
         if n_components != 3:
             raise ValueError("DOSNES embeds on the sphere S^2: n_components must be 3")
         if init not in ("pca", "random"):
@@ -159,6 +217,7 @@ class DOSNES:
         self.seed, self.device, self.progress = seed, device, progress
         self.n_neighbors_place, self.perplexity = int(n_neighbors_place), perplexity
         self.sinkhorn_tol, self.threads = float(sinkhorn_tol), threads
+        self.place_temperature, self.calibration = float(place_temperature), calibration
         # fitted state (plain arrays, so a layout file can rebuild the estimator)
         self.x_: np.ndarray | None = None  # (n, d) unit rows that were fitted
         self.embedding_: np.ndarray | None = None  # (n, 3) unit vectors
@@ -204,7 +263,8 @@ class DOSNES:
         # of magnitude. The optimisation runs in float32: half the memory traffic, and its
         # quantities (Student-t kernels, gradients) need no more.
         xt = torch.from_numpy(x).to(dev, torch.float64)
-        p, h, self.sinkhorn_ = dosnes_affinities(xt, self.bandwidth, self.perplexity, self.sinkhorn_tol)
+        p, h, self.sinkhorn_ = dosnes_affinities(xt, self.bandwidth, self.perplexity, self.sinkhorn_tol,
+                                                 calibration=self.calibration)
         del xt
         # Entries below 1e-30 carry no weight but would turn into float32 denormals, which
         # many x86 CPUs handle far more slowly than normal numbers.
@@ -216,10 +276,9 @@ class DOSNES:
         """Fitted state from the fitted rows, their unit positions and the kernel width (a
         cached layout): all that placing new points needs."""
         self.x_, self.embedding_, self.h_ = unit_rows(x), np.asarray(embedding, dtype=np.float32), float(h)
-        # placement weights: the fit's own kernel, exp(-||a - b||^2 / h) = exp(2 cos / h) * const
         if len(self.x_):
-            self.placement_ = KnnPlacement(self.n_neighbors_place, self.h_ / 2, sphere=True).fit(self.x_,
-                                                                                                 self.embedding_)
+            self.placement_ = KnnPlacement(self.n_neighbors_place, self.place_temperature,
+                                           sphere=True).fit(self.x_, self.embedding_)
         return self
 
     def _optimise(self, p, x: np.ndarray, dev, threads: TorchThreads) -> np.ndarray:

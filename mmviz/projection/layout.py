@@ -106,10 +106,10 @@ def pair_rows(images, texts) -> Rows:
     return Rows(images, texts)
 
 
-def fit_estimator(est, rows: Rows, idx: np.ndarray):
+def fit_estimator(est, rows: Rows, idx: np.ndarray, chunk: int = CHUNK):
     """Fit `est` on the stacked rows at `idx` (all of them: read in chunks, never gathered)."""
     if len(idx) == len(rows) and isinstance(est, PCA):
-        return est.fit(rows)  # GapPCA reads each row's modality from the two parts
+        return est.fit(rows, chunk=chunk)  # GapPCA reads each row's modality from the two parts
     sample = rows.take(idx)
     if isinstance(est, GapPCA):
         return est.fit(sample, rows.part_of(idx) == 0)
@@ -138,7 +138,7 @@ def project_pairs(images, texts, method: str, params: dict | None = None, seed: 
 
     fit_stage = f"fitting {NAMES[fam]} on {len(idx):,} points"
     report(0, 1, fit_stage)
-    fit_estimator(est, rows, idx)
+    fit_estimator(est, rows, idx, chunk)
     report(1, 1, fit_stage)
     dims = est.n_components
     coords = np.empty((n, dims), dtype=np.float32)

@@ -21,6 +21,7 @@ from .rows import CHUNK, Rows, unit_rows
 # A row this similar to a fitted row is that row (the same vector read back, up to float32
 # rounding): it lands exactly where the fit put it. Distinct real embeddings are far below.
 SAME = 1.0 - 1e-5
+QUERY_BLOCK = 4096  # query rows per top-k call (it normalises a copy of them)
 
 
 def knn_positions(scores: np.ndarray, idx: np.ndarray, positions: np.ndarray, temperature: float,
@@ -45,7 +46,7 @@ class KnnPlacement:
     float32) and their positions; transform(x) reads x in chunks, so a memmap of millions of
     rows is never copied whole. backend: "auto", "torch" or "faiss" (mmviz.retrieval.topk)."""
 
-    def __init__(self, n_neighbors: int = 10, temperature: float = 0.02, sphere: bool = False,
+    def __init__(self, n_neighbors: int = 10, temperature: float = 0.01, sphere: bool = False,
                  backend: str = "auto", chunk: int = CHUNK):
         if n_neighbors < 1 or temperature <= 0:
             raise ValueError(f"need n_neighbors >= 1 and temperature > 0, got {n_neighbors} and {temperature}")
@@ -72,8 +73,10 @@ class KnnPlacement:
         k = min(self.n_neighbors, len(self.keys_))
         out = np.empty((len(rows), self.positions_.shape[1]), dtype=np.float32)
         for s, block in rows.chunks(self.chunk):
-            scores, idx = topk(unit_rows(block), self.keys_, k, backend=self.backend)
-            out[s:s + len(block)] = knn_positions(scores, idx, self.positions_, self.temperature, self.sphere)
+            for b in range(0, len(block), QUERY_BLOCK):  # topk copies its queries: keep them few
+                scores, idx = topk(block[b:b + QUERY_BLOCK], self.keys_, k, backend=self.backend)
+                pos = knn_positions(scores, idx, self.positions_, self.temperature, self.sphere)
+                out[s + b:s + b + len(pos)] = pos
             if report:
                 report(s + len(block), len(rows), stage)
         return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CHUNK = 32768  # rows read at once: 32k x 512 float32 = 64 MB
+CHUNK = 16384  # rows read at once: 16k x 512 float32 = 32 MB
 
 
 def unit_rows(x) -> np.ndarray:

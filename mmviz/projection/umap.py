@@ -55,7 +55,7 @@ class UMAP:
 
     def __init__(self, n_components: int = 2, n_neighbors: int = 15, min_dist: float = 0.1,
                  metric: str = "cosine", seed: int = 0, backend: str = "auto", placement: str = "knn",
-                 place_neighbors: int = 10, place_temperature: float = 0.02):
+                 place_neighbors: int = 10, place_temperature: float = 0.01):
         if placement not in ("knn", "umap"):
             raise ValueError(f"placement must be 'knn' or 'umap', not {placement!r}")
         self.n_components, self.n_neighbors = int(n_components), int(n_neighbors)
