@@ -228,22 +228,23 @@ def layout_for(ds, emb, method: str, seed: int, images=None, texts=None, variant
     return layout_for_vectors(parts, images, texts, method, seed)
 
 
-def layout_for_vectors(parts: dict, images, texts, method: str, seed: int = 0):
-    """Any vectors' layout through the workspace cache (`parts` name them for the key), with
-    a progress bar."""
+def layout_for_vectors(parts: dict, images, texts, method: str, seed: int = 0, identifies_data: bool = False):
+    """Any vectors' layout through the workspace cache (`parts` name them for the key;
+    identifies_data=True when they name the vectors for good, which skips hashing them),
+    with a progress bar that says which stage the projection is in."""
     ws = workspace()
-    first = ("Fitting UMAP… (the first fit after launch also compiles numba code: about 15 s more)"
-             if method.startswith("umap") else "Projecting…")
-    bar = st.progress(0.0, text=first)
+    bar = st.progress(0.0, text="Projecting…")
+    # numba compiles umap-learn's code on the first fit after launch
+    compile_note = " (the first UMAP fit after launch also compiles numba code: about 15 s more)"
 
-    def progress(step: int, total: int) -> None:
-        if method == "dosnes":  # only DOSNES reports its steps; the others say start and end
-            bar.progress(step / max(total, 1), text=f"Optimising the layout: step {step:,} / {total:,}")
-        elif step == total:
-            bar.progress(1.0, text="Placing the remaining points…")
+    def progress(done: int, total: int, stage: str) -> None:
+        note = compile_note if stage.startswith("fitting UMAP") and done < total else ""
+        count = f": {done:,} / {total:,}" if total > 1 else "…"
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{stage[:1].upper()}{stage[1:]}{count}{note}")
 
     try:
-        layout, hit = projection.cached_layout(ws, parts, images, texts, method, None, seed, progress=progress)
+        layout, hit = projection.cached_layout(ws, parts, images, texts, method, None, seed, progress=progress,
+                                               identifies_data=identifies_data)
     finally:
         bar.empty()
     return layout, hit

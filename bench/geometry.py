@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmviz import geometry as G  # noqa: E402
+from mmviz.projection.threads import busy_seconds, own_seconds  # noqa: E402
 
 
 def make_pairs(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,21 +46,6 @@ def make_pairs(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         v += sign * 0.4 * gap
         out.append(v / np.linalg.norm(v, axis=1, keepdims=True))
     return out[0], out[1]
-
-
-def busy_seconds() -> float | None:
-    """CPU-seconds all processes on the machine have been busy since boot (Linux), else None."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
-
-
-def own_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def best(f, repeats: int) -> tuple[float, object]:
