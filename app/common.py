@@ -222,10 +222,13 @@ def layout_for(ds, emb, method: str, seed: int, images=None, texts=None, variant
     """The dataset's layout under `method` through the workspace cache, with a progress bar.
     `images`/`texts` replace the embeddings' own vectors (a transformed set), and `variant`
     names what was done to them, for the cache key."""
+    own = images is None and texts is None
     images = emb.image if images is None else images
     texts = emb.text if texts is None else texts
     parts = {"dataset": ds.manifest["content_hash"], "model": emb.fingerprint, **({"variant": variant} if variant else {})}
-    return layout_for_vectors(parts, images, texts, method, seed)
+    # a dataset version under a model names its vectors for good: no need to hash a million rows;
+    # other vectors are named by a variant only as far as the caller says, so they are hashed
+    return layout_for_vectors(parts, images, texts, method, seed, identifies_data=own)
 
 
 def layout_for_vectors(parts: dict, images, texts, method: str, seed: int = 0, identifies_data: bool = False):

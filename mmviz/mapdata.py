@@ -185,7 +185,8 @@ def digest(*arrays: np.ndarray | None) -> str:
         if a is not None:
             a = np.ascontiguousarray(a)
             h.update(str((a.dtype.str, a.shape)).encode())
-            h.update(memoryview(a).cast("B"))
+            if a.size:  # memoryview cannot cast an empty array
+                h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 

@@ -18,6 +18,7 @@ memory maps.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FORMAT_VERSION = 2  # 2: vectors as .npy files, streamed content hash, row-grouped Parquet
 ROW_GROUP = 65_536  # rows per Parquet row group of pairs.parquet: a page of rows reads one group
 THUMB_GROUP = 1024  # thumbnails per row group: one thumbnail reads ~5 MB at most
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}  # the workspace cannot take the write
 LOCK_TIMEOUT = 600  # seconds to wait for another process's commit (which removes old versions)
 
 
@@ -429,13 +431,17 @@ class Workspace:
                 self._clean_stale(ds_dir, keep=version.name)
                 # read while the lock is held: a later commit may replace this version at once
                 dataset = Dataset(name, version)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             with self.lock(name):
                 # a first import that failed leaves nothing, unless another one is under way
                 if (self._current(name) is None and not any(ds_dir.glob("v-*"))
                         and not any(ds_dir.glob(".staging-*"))):
                     shutil.rmtree(ds_dir, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+                raise OSError(exc.errno, f"writing dataset {name} into {self.home} failed ({exc.strerror}); "
+                                         "nothing stored was changed. Free disk space (or use a workspace on a "
+                                         "larger disk: MMVIZ_HOME or mmviz --home DIR) and import again") from exc
             raise
         return ImportResult(dataset, report, "updated" if current else "created")
 

@@ -32,6 +32,15 @@ def gap_page(**state) -> AppTest:
     return at
 
 
+def map_points(at):
+    """The points table the Gap explorer sends to its map (the Arrow blob of its element)."""
+    import pyarrow as pa
+
+    [main] = [e for e in at.get("bidi_component") if e.key == "gap_map"]
+    [blob] = main.proto.mixed.arrow_blobs.values()
+    return pa.ipc.open_stream(blob.data).read_all()
+
+
 def metric_values(at) -> dict[str, float]:
     table = at.dataframe[0].value
     return dict(zip(table["metric"], table["value"]))
@@ -50,7 +59,11 @@ def test_unembedded_set_offers_to_embed_then_shows_the_gap(home):
     gap_label = geometry.METRICS["gap_length"][0]
     assert values[gap_label] == pytest.approx(geometry.gap_length(emb.image, emb.paired_text), abs=1e-9)
     assert values[gap_label] > 0.1  # a contrastive model's gap
-    assert len(at.get("plotly_chart")) == 3  # projection, cosine histogram, spectrum
+    assert len(at.get("plotly_chart")) == 2  # cosine histogram, spectrum
+    # the 2-D layout goes to the WebGL map as one Arrow table: every image and caption
+    points = map_points(at)
+    assert points.num_rows == len(emb.ids) + len(emb.text)
+    assert points.column("c").to_pylist() == [0] * len(emb.ids) + [1] * len(emb.text)
 
 
 def test_projections_and_the_layout_cache(home):
@@ -95,3 +108,36 @@ def test_selected_pairs_show_their_images_and_captions(home):
         for cap in [c for c, o in zip(emb.captions, emb.text_owner) if o == row]:
             assert f"– {cap}" in text
     assert len(at.image) == 2  # their thumbnails
+
+
+def test_large_set_colours_by_a_column_and_samples_its_3d_view(home, tmp_path):
+    """30,000 pairs (60,000 points): the map draws them all, coloured by a table column; the 3-D
+    view draws a seeded sample of 50,000 whole pairs' points and says so; no widget lists
+    the pairs."""
+    rng = np.random.default_rng(0)
+    n = 30_000
+    np.save(tmp_path / "big.npy", np.stack([rng.normal(size=(n, 8)) + 1, rng.normal(size=(n, 8)) - 1]))
+    import pandas as pd
+
+    pd.DataFrame({"caption": [f"c{i}" for i in range(n)], "topic": [f"t{i % 3}" for i in range(n)]}).to_csv(
+        tmp_path / "big.csv", index=False)
+    Workspace(home).import_path(tmp_path / "big.npy", "big")
+    at = gap_page()
+    assert map_points(at).num_rows == 2 * n
+    at.selectbox(key="gap_colour").set_value("topic").run()
+    assert not at.exception, at.exception
+    codes = np.array(map_points(at).column("c").to_pylist())
+    assert sorted(set(codes)) == [0, 1, 2] and (codes[:3] != codes[0]).any()  # three topics, by pair
+    np.testing.assert_array_equal(codes[:n], codes[n:])  # a caption takes its image's colour
+    for widget in (*at.selectbox, *at.radio):
+        assert len(widget.options) <= 10
+    at.radio(key="gap_method").set_value("PCA 3D").run()
+    assert not at.exception, at.exception
+    assert any("draw a seeded sample: 50,000 of 60,000 points" in c.value for c in at.caption)
+    [fig] = [f for f in at.get("plotly_chart") if f.key == "gap_chart"]
+    import json
+    import re
+
+    names = [t.get("name", "") for t in json.loads(fig.proto.spec)["data"]]
+    counts = [int(re.sub(r"\D", "", n)) for n in names if n.startswith(("images (", "captions ("))]
+    assert sum(counts) == 50_000 and counts[0] == counts[1]  # whole pairs: one caption per image here

@@ -302,3 +302,119 @@ def test_sigterm_to_mmviz_app_leaves_nothing_listening(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ----------------------------------------------------------------------------------------
+# full disks and processes killed mid-write
+
+FSIZE_CHILD = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from mmviz.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_gives_a_clear_error_and_loses_nothing(tmp_path):
+    """RLIMIT_FSIZE caps every file the import writes at 1 MB, as a full disk would stop it."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    home = tmp_path / "ws"
+    ws = Workspace(home)
+    old = ws.import_path(_vectors_file(tmp_path / "src", 1), "ds").dataset
+    big = tmp_path / "big.npy"
+    np.save(big, np.random.default_rng(0).normal(size=(2, 20_000, 64)).astype(np.float32))  # 5 MB of vectors
+    r = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(2**20), "--home", str(home), "import", str(big),
+                        "--name", "ds", "-q"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("mmviz: error: ") and "File too large" in r.stderr
+    assert "writing dataset ds into" in r.stderr and "nothing stored was changed" in r.stderr
+    assert ws.open("ds").path == old.path and ws.open("ds").vectors()[0].shape == (30, 8)
+    assert sorted(p.name for p in (ws.datasets_dir / "ds").iterdir()) == ["CURRENT", old.path.name]
+
+
+KILL_CHILD = """
+import sys
+from mmviz.store import Workspace
+from mmviz import results
+from mmviz.embed import stored_embeddings
+ws = Workspace(sys.argv[1])
+if sys.argv[2] == "import":
+    ws.import_path(sys.argv[3], "ds")
+else:
+    ds = ws.open("ds")
+    emb = stored_embeddings(ws, ds, ds.manifest["vector_model"])
+    print("ready", flush=True)
+    from mmviz import projection
+    projection.cached_layout(ws, emb.key_parts, emb.image, emb.text, "pca2", identifies_data=True)
+    results.metrics(ws.home, emb)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
+def test_kill_9_mid_import_keeps_the_previous_version(tmp_path, delay):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    home = tmp_path / "ws"
+    ws = Workspace(home)
+    old = ws.import_path(_vectors_file(tmp_path / "src", 1), "ds").dataset
+    big = tmp_path / "big.npy"
+    np.save(big, np.random.default_rng(0).normal(size=(2, 150_000, 128)).astype(np.float32))
+    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(home), "import", str(big)], env=env)
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    ds = ws.open("ds")
+    assert ds.path == old.path and len(ds.table()) == 30 and ds.vectors()[0].shape == (30, 8)
+    # the next import completes; the dead one's staging is not taken for a version
+    new = ws.import_path(big, "ds")
+    assert new.status == "updated" and len(new.dataset) == 150_000
+
+
+def test_kill_9_mid_cache_write_never_leaves_a_cache_that_is_read_back(tmp_path):
+    """A process computing a layout and the metrics of 100k pairs is killed at several points;
+    afterwards every cached layout and result either reads back whole or counts as missing,
+    and computing again gives exactly what an undisturbed process gives."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mmviz import projection, results
+    from mmviz.embed import stored_embeddings
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    home = tmp_path / "ws"
+    ws = Workspace(home)
+    src = tmp_path / "v.npy"
+    np.save(src, np.random.default_rng(0).normal(size=(2, 100_000, 64)).astype(np.float32))
+    ws.import_path(src, "ds")
+    for delay in (0.2, 0.6, 1.0, 1.6, 2.4):
+        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(home), "cache"], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for f in (home / "results").rglob("*.json") if (home / "results").exists() else []:
+            json.loads(f.read_text())  # anything under its final name is whole
+    ds = ws.open("ds")
+    emb = stored_embeddings(ws, ds, ds.manifest["vector_model"])
+    layout, _ = projection.cached_layout(ws, emb.key_parts, emb.image, emb.text, "pca2", identifies_data=True)
+    fresh = projection.project_pairs(emb.image, emb.text, "pca2")
+    np.testing.assert_allclose(layout.image_xy, fresh.image_xy, atol=1e-5)
+    from mmviz import geometry
+
+    m, _ = results.metrics(ws.home, emb)
+    assert m == pytest.approx(geometry.all_metrics(emb.image, emb.paired_text))

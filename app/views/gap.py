@@ -1,103 +1,220 @@
-"""Gap explorer: image and text vectors in one projection, the gap between them, its metrics."""
-import io
+"""Gap explorer: image and text vectors in one projection, the gap between them, its metrics.
 
+2-D layouts draw on the WebGL map (millions of points as binary columns); 3-D ones with plotly
+on a seeded sample. Metrics, histograms and spectra come from the workspace's result cache."""
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 import common
-from mmviz import geometry, projection, viz
-from mmviz.viz import IMAGE_COLOUR, MAX_LINES, PICK_COLOUR, TEXT_COLOUR
+from embedding_map import embedding_map
+from mmviz import geometry, mapdata, projection, results, viz
+from mmviz.export import to_csv
+from mmviz.viz import IMAGE_COLOUR, PICK_COLOUR, TEXT_COLOUR
 
 METHODS = common.PROJECTIONS
+SAMPLE_3D = 50_000  # points plotly draws of a 3-D layout (a seeded sample beyond)
+MAP_POINTS = 4_000_000  # points the map draws (a seeded sample of whole pairs beyond): ~36 MB to the browser
+ALL_LINES = 20_000  # captions up to which every pair line can be drawn; above, the selection's only
+SHOWN = 12  # selected pairs listed with their thumbnails
+TOP_CATEGORIES = 12  # a column's most frequent values get their own colour, the rest "other"
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def metrics_for(key: str, _images: np.ndarray, _texts: np.ndarray, seed: int) -> dict:
-    return geometry.all_metrics(_images, _texts, seed=seed)
+# ----------------------------------------------------------------------------------------
+# what the map shows
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def cosines_for(key: str, _images: np.ndarray, _texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return geometry.paired_cosines(_images, _texts), geometry.unpaired_cosines(_images, _texts)
+def colour_column(ds, emb, column: str):
+    """(codes, labels, colours, None) for a categorical column, (None, None, None, values) for
+    a numeric one with many values: one entry per image row, captions take their image's."""
+    raw = ds.column(column).to_pandas().iloc[emb.table_rows].reset_index(drop=True)
+    numeric = pd.to_numeric(raw, errors="coerce")
+    if numeric.notna().mean() > 0.9 and numeric.nunique() > TOP_CATEGORIES:
+        return None, None, None, numeric.fillna(numeric.median()).to_numpy(np.float32)
+    text = raw.astype(object).where(raw.notna(), "(none)").astype(str)
+    top = text.value_counts().index[:TOP_CATEGORIES].tolist()
+    labels = top + (["other"] if text.nunique() > len(top) else [])
+    codes = pd.Categorical(text.where(text.isin(top), "other"), categories=labels).codes.astype(np.uint16)
+    return codes, labels, mapdata.category_colours(len(labels)), None
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def spectra_for(key: str, _images: np.ndarray, _texts: np.ndarray) -> dict:
-    return {"images": geometry.spectrum(_images), "texts": geometry.spectrum(_texts),
-            "joint": geometry.joint_spectrum(_images, _texts)}
+def hover_detail(ds, emb, n_images: int):
+    def detail(i: int) -> dict:
+        if i < n_images:
+            id_ = emb.ids[i]
+            first = emb.captions_of(i)
+            thumb = ds.thumbnails(ids=[id_]).get(id_)
+            return {"index": i, "title": f"image {id_}", "text": emb.captions[first.start] if len(first) else "",
+                    "image": common.data_uri(thumb)}
+        j = i - n_images
+        return {"index": i, "title": f"caption of image {emb.ids[emb.text_owner[j]]}", "text": emb.captions[j],
+                "image": None}
+    return detail
 
 
-def picked_rows(event, text_owner: np.ndarray, lines: bool) -> list[int]:
-    """Image rows behind the selected points (a selected caption selects its image)."""
-    if event is None or not event.selection.points:
-        return []
-    offset = 1 if lines else 0  # trace order: [pairs], images, captions, ...
-    rows = set()
-    for p in event.selection.points:
-        curve, idx = p.get("curve_number"), p.get("point_index", p.get("point_number"))
-        if curve == offset:
-            rows.add(int(idx))
-        elif curve == offset + 1:
-            rows.add(int(text_owner[idx]))
-    return sorted(rows)
+def picked_lines(picked: np.ndarray, emb, n_images: int, limit: int = ALL_LINES) -> np.ndarray:
+    """Map point pairs joining each picked image to its captions."""
+    pairs = [(r, n_images + j) for r in picked[:limit] for j in emb.captions_of(int(r))]
+    return np.array(pairs[:limit], dtype=np.int64).reshape(-1, 2)
 
 
-def selection_panel(ds, emb, picked: list[int], pick_key: str) -> None:
-    st.markdown(f"**{len(picked)} selected**" if picked else "**Select points** (lasso or box on 2-D views) "
-                "to see their images and captions here.")
-    if picked:
-        st.button("Clear selection", key="gap_clear", on_click=lambda: st.session_state.pop(pick_key, None))
-    thumbs = common.thumbnails(ds)
-    for r in picked[:12]:
+def selection_panel(ds, emb, picked: np.ndarray, pick_key: str) -> None:
+    st.markdown(f"**{len(picked):,} selected**" if len(picked) else
+                "**Select points** (Lasso or Box in the map's toolbar) to list their images and captions here.")
+    if not len(picked):
+        return
+    st.button("Clear selection", key="gap_clear", on_click=lambda: st.session_state.pop(pick_key, None))
+    shown = [int(r) for r in picked[:SHOWN]]
+    thumbs = ds.thumbnails(ids=[emb.ids[r] for r in shown])
+    for r in shown:
         id_ = emb.ids[r]
         cols = st.columns([1, 3])
         if id_ in thumbs:
             cols[0].image(thumbs[id_])
-        caps = [c for c, o in zip(emb.captions, emb.text_owner) if o == r]
+        caps = [emb.captions[j] for j in emb.captions_of(r)]
         cols[1].markdown(f"`{id_}`  \n" + "  \n".join(f"– {c}" for c in caps))
-    if len(picked) > 12:
-        st.caption(f"and {len(picked) - 12} more")
+    if len(picked) > SHOWN:
+        st.caption(f"and {len(picked) - SHOWN:,} more")
 
 
-def metrics_panel(key: str, emb, seed: int) -> None:
-    with st.spinner("Computing metrics…"):
-        m = metrics_for(key, emb.image, emb.paired_text, seed)
-    rows = [{"metric": geometry.METRICS[k][0], "value": v, "meaning": geometry.METRICS[k][1]} for k, v in m.items()]
-    table = pd.DataFrame(rows)
+@st.fragment
+def map_view(ds, emb, layout, colour_by: str, lines_on: bool, pick_key: str) -> None:
+    """The 2-D map and the selection beside it: a hover or a selection reruns only this."""
+    n_img = len(layout.image_xy)
+    if n_img + len(layout.text_xy) > MAP_POINTS:  # more than a browser can take: say so, draw a sample
+        st.warning(f"{n_img + len(layout.text_xy):,} points are more than the map draws at once; it shows a "
+                   f"seeded sample of {MAP_POINTS:,} (whole pairs). Metrics and layouts use every point.")
+        emb, layout = sampled(emb, layout, MAP_POINTS)
+        n_img = len(layout.image_xy)
+    lay = mapdata.pairs_layout(layout.image_xy, layout.text_xy, emb.text_owner, max_lines=0)
+    if colour_by == "modality":
+        category, labels, colours, values = lay.category, mapdata.PAIR_CATEGORIES, [IMAGE_COLOUR, TEXT_COLOUR], None
+    else:
+        codes, labels, colours, vals = colour_column(ds, emb, colour_by)
+        if vals is not None:
+            values, category, labels, colours = np.r_[vals, vals[emb.text_owner]], lay.category, \
+                mapdata.PAIR_CATEGORIES, [IMAGE_COLOUR, TEXT_COLOUR]
+        else:
+            category, values = np.r_[codes, codes[emb.text_owner]], None
+    picked = np.asarray(st.session_state.get(pick_key, []), dtype=np.int64)
+    if lines_on and len(emb.text) <= ALL_LINES:
+        lines = np.c_[emb.text_owner, n_img + np.arange(len(emb.text))]
+    else:
+        lines = picked_lines(picked, emb, n_img)
+    plot, side = st.columns([3, 2])
+    with plot:
+        ev = embedding_map(lay.xy, category, labels, colours, values=values, value_label=colour_by,
+                           lines=lines, arrow=lay.arrow,
+                           selected=mapdata.pair_points(picked, n_img, emb.text_owner) if len(picked) else np.array([], int),
+                           hover_detail=hover_detail(ds, emb, n_img), key="gap_map")
+        st.caption(("Layout from the workspace cache. " if layout.key and st.session_state.get("gap_hit") else "")
+                   + "Arrow: the gap, from the caption centre to the image centre. Lasso or Box selects; "
+                     "double-click clears." + (" Gap axis: x is the gap direction, y the main direction of "
+                                               "variation across it." if layout.method == "gap2" else ""))
+    if ev.selection is not None:
+        new = mapdata.picked_images(ev.selection, n_img, emb.text_owner)
+        if not np.array_equal(new, picked):
+            st.session_state[pick_key] = new.tolist()
+            st.rerun(scope="fragment")
+    with side:
+        selection_panel(ds, emb, picked, pick_key)
+
+
+def sampled(emb, layout, limit: int, seed: int = 0):
+    """The embeddings and layout cut to a seeded sample of whole pairs (ids, captions and
+    coordinates only: what the views draw)."""
+    import dataclasses
+
+    img_rows, cap_rows = projection.sample_for_3d(len(layout.image_xy), len(layout.text_xy), limit, seed,
+                                                  text_owner=emb.text_owner)
+    new_row = np.full(len(emb.ids), -1, np.int64)
+    new_row[img_rows] = np.arange(len(img_rows))
+    owner = new_row[emb.text_owner[cap_rows]]
+    cap_rows = cap_rows[owner >= 0]
+    small = dataclasses.replace(emb, ids=[emb.ids[r] for r in img_rows], captions=[emb.captions[j] for j in cap_rows],
+                                text_owner=owner[owner >= 0], rows=emb.table_rows[img_rows],
+                                image=np.empty((len(img_rows), 0)), text=np.empty((len(cap_rows), 0)))
+    return small, dataclasses.replace(layout, image_xy=layout.image_xy[img_rows], text_xy=layout.text_xy[cap_rows])
+
+
+def view_3d(ds, emb, layout, method: str, seed: int, pick_key: str) -> None:
+    """plotly for 3-D layouts, on a seeded sample of at most SAMPLE_3D points (whole pairs)."""
+    total = len(layout.image_xy) + len(layout.text_xy)
+    if total > SAMPLE_3D:
+        emb, layout = sampled(emb, layout, SAMPLE_3D, seed)
+    picked = [r for r in st.session_state.get(pick_key, []) if r < len(emb.ids)]
+    hover = ([f"image {i}" for i in emb.ids], [c[:80] for c in emb.captions])
+    fig = viz.pairs_figure(layout.image_xy, layout.text_xy, emb.text_owner, sphere=method == "dosnes", hover=hover,
+                           lines=len(emb.captions) <= 3000, picked=picked)
+    st.plotly_chart(fig, key="gap_chart")
+    shown = len(layout.image_xy) + len(layout.text_xy)
+    if shown < total:
+        st.caption(f"3-D views draw a seeded sample: {shown:,} of {total:,} points, each caption with its image. "
+                   "The 2-D views draw every point.")
+    query = st.text_input("Highlight pairs whose caption or id contains", key="gap_highlight",
+                          placeholder="a word, or an image id")
+    if query:
+        hits = np.flatnonzero(np.isin(emb.table_rows, ds.match(query)))
+        if hits[:50].tolist() != picked:
+            st.session_state[pick_key] = hits[:50].tolist()
+            st.rerun()
+        st.caption(f"{len(hits):,} matching pairs" + (", the first 50 highlighted" if len(hits) > 50 else "")
+                   + (" in the drawn sample" if shown < total else ""))
+
+
+# ----------------------------------------------------------------------------------------
+# metrics, histograms, spectrum
+
+
+def metrics_panel(emb, key: str, seed: int) -> None:
+    bar = st.progress(0.0, text="Computing metrics…")
+    try:
+        m, _ = results.metrics(common.workspace().home, emb, seed, progress=lambda d, t, stage: bar.progress(
+            d / t, text=f"Computing metrics: {stage}"))
+    finally:
+        bar.empty()
+    table = pd.DataFrame([{"metric": geometry.METRICS[k][0], "value": v, "meaning": geometry.METRICS[k][1]}
+                          for k, v in m.items()])
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"value": st.column_config.NumberColumn(format="%.4f"),
                                 "meaning": st.column_config.TextColumn(width="large")})
-    common.download("Metrics (CSV)", table.to_csv(index=False), f"{key}-metrics.csv", "text/csv", "dl_metrics")
+    common.download("Metrics (CSV)", to_csv(table), f"{key}-metrics.csv", "text/csv", "dl_metrics")
 
 
-def cosine_panel(key: str, emb) -> None:
-    paired, unpaired = cosines_for(key, emb.image, emb.paired_text)
+def cosine_panel(emb, key: str) -> None:
+    h, _ = results.cosine_histograms(common.workspace().home, emb)
+    edges = h["edges"]
+    mids, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
     fig = go.Figure()
-    fig.add_trace(go.Histogram(x=unpaired, name="unpaired (i ≠ j)", histnorm="probability density", opacity=0.6,
-                               marker_color="#999"))
-    fig.add_trace(go.Histogram(x=paired, name="paired (i = j)", histnorm="probability density", opacity=0.6,
-                               marker_color=PICK_COLOUR))
-    fig.update_layout(barmode="overlay", height=320, margin=dict(l=0, r=0, t=30, b=0), xaxis_title="cos(image, caption)",
-                      title="Paired versus unpaired cosine")
+    for name, counts, n, colour in (("unpaired (i ≠ j)", h["unpaired"], int(h["unpaired_n"]), "#999"),
+                                    ("paired (i = j)", h["paired"], int(h["paired_n"]), PICK_COLOUR)):
+        fig.add_trace(go.Bar(x=mids, y=counts / (n * width), width=width, name=f"{name}, {n:,}",
+                             marker_color=colour, opacity=0.6))
+    fig.update_layout(barmode="overlay", bargap=0, height=320, margin=dict(l=0, r=0, t=30, b=0),
+                      xaxis_title="cos(image, caption)", yaxis_title="density", title="Paired versus unpaired cosine")
     st.plotly_chart(fig, key="cos_hist")
-    common.download("Histogram (HTML)", fig.to_html(include_plotlyjs="cdn"), f"{key}-cosines.html", "text/html", "dl_cos")
+    common.download("Histogram (HTML)", lambda: fig.to_html(include_plotlyjs=True), f"{key}-cosines.html",
+                    "text/html", "dl_cos")
 
 
-def spectrum_panel(key: str, emb) -> None:
-    spec = spectra_for(key, emb.image, emb.paired_text)
+def spectrum_panel(emb, key: str) -> None:
+    spec, _ = results.spectra(common.workspace().home, emb)
     fig = go.Figure()
-    for name, ev, colour in (("images", spec["images"], IMAGE_COLOUR), ("captions", spec["texts"], TEXT_COLOUR),
-                             ("joint", spec["joint"], "black")):
-        ev = np.maximum(np.asarray(ev), 1e-12)
+    for name, colour in (("images", IMAGE_COLOUR), ("texts", TEXT_COLOUR), ("joint", "black")):
+        ev = np.maximum(np.asarray(spec[name]), 1e-12)
         fig.add_trace(go.Scatter(x=np.arange(1, len(ev) + 1), y=ev, mode="lines", name=name, line=dict(color=colour)))
     fig.update_layout(height=320, margin=dict(l=0, r=0, t=30, b=0), yaxis_type="log", xaxis_type="log",
                       xaxis_title="component", yaxis_title="eigenvalue", title="Covariance spectrum")
     st.plotly_chart(fig, key="spectrum")
-    csv = io.StringIO()
-    pd.DataFrame({k: pd.Series(v) for k, v in spec.items()}).to_csv(csv, index_label="component")
-    common.download("Spectrum (CSV)", csv.getvalue(), f"{key}-spectrum.csv", "text/csv", "dl_spec")
+    table = pd.DataFrame({k: pd.Series(v) for k, v in spec.items()})
+    table.index = table.index + 1
+    common.download("Spectrum (CSV)", to_csv(table, index_label="component", index=True), f"{key}-spectrum.csv",
+                    "text/csv", "dl_spec")
+
+
+# ----------------------------------------------------------------------------------------
+# the page
 
 
 st.title("Gap explorer")
@@ -105,55 +222,34 @@ ds, emb = common.dataset_and_embeddings("gap")
 st.caption(f"**{ds.name}** under `{emb.model}`: {len(emb.ids):,} images and {len(emb.text):,} captions, "
            f"{emb.dim}-d. Blue: images; orange: captions.")
 key = common.data_key(ds, emb)
-controls = st.columns([2, 1, 1, 2])
+controls = st.columns([3, 1, 2, 1])
 method_label = controls[0].radio("Projection", list(METHODS), horizontal=True, key="gap_method")
 method = METHODS[method_label]
 seed = int(controls[1].number_input("Seed", 0, 10_000, 0, key="gap_seed"))
-lines = controls[2].toggle("Pair lines", value=len(emb.text) <= MAX_LINES, key="gap_lines")
+columns = [c for c in ds.manifest.get("extras", []) if c not in ("captions",)]
+colour_by = controls[2].selectbox("Colour by", ["modality", *columns], key="gap_colour",
+                                  help="The modality, or any column of the dataset's table (its 12 most frequent "
+                                       "values; a numeric column with many values as a colour scale).")
+few = len(emb.text) <= ALL_LINES
+lines_on = controls[3].toggle("Pair lines", value=len(emb.text) <= viz.MAX_LINES, key="gap_lines", disabled=not few,
+                              help="Lines joining each image to its captions" + (
+                                  "" if few else f"; over {ALL_LINES:,} captions, drawn for the selection only"))
 limit = projection.resolve_max_fit(method)
-controls[3].caption(f"Fits on at most {limit:,} points (seeded sample) and places the rest." if limit
-                    else "Fits on every point.")
+st.caption(f"Fits on a seeded sample of {limit:,} points and places the rest by their nearest fitted points."
+           if limit and limit < len(emb.ids) + len(emb.text) else "Fits on every point.")
 layout, hit = common.layout_for(ds, emb, method, seed)
+st.session_state["gap_hit"] = hit
 pick_key = f"gap_picked-{key}"  # a selection belongs to one dataset under one model
 
-plot, side = st.columns([3, 2])
-with plot:
-    picked = st.session_state.get(pick_key, [])
-    fig = viz.pairs_figure(layout.image_xy, layout.text_xy, emb.text_owner, sphere=method == "dosnes",
-                           hover=viz.pair_hover(emb.ids, emb.captions, emb.text_owner), lines=lines, picked=picked)
-    if layout.image_xy.shape[1] == 2:
-        event = st.plotly_chart(fig, key="gap_chart", on_select="rerun", selection_mode=("points", "box", "lasso"))
-        # Act only when the chart's selection changed: other reruns (a toggle, a new view)
-        # must not wipe what was picked, nor the highlights drawn from it.
-        # Redrawing with highlights resets the chart's own selection, so an empty event never
-        # clears the pick (the Clear button does).
-        sig = repr(event.selection.points) if event is not None else "[]"
-        if sig != st.session_state.get(f"{pick_key}-event", "[]"):
-            st.session_state[f"{pick_key}-event"] = sig
-            new = picked_rows(event, emb.text_owner, lines)
-            if new and new != picked:
-                st.session_state[pick_key] = new
-                st.rerun()
-    else:
-        st.plotly_chart(fig, key="gap_chart")
-        chosen = st.multiselect("Highlight pairs", emb.ids, default=[emb.ids[r] for r in picked if r < len(emb.ids)],
-                                key="gap_pick_3d", max_selections=50)
-        new = [emb.ids.index(i) for i in chosen]
-        if new != picked:
-            st.session_state[pick_key] = new
-            st.rerun()
-    st.caption(("Layout from the workspace cache. " if hit else "") +
-               "Arrow: the gap, from the caption centre to the image centre." +
-               (" Gap axis: x is the gap direction, y the main direction of variation across it."
-                if method == "gap2" else ""))
-    common.download("Figure (HTML)", fig.to_html(include_plotlyjs="cdn"), f"{key}-{method}.html", "text/html", "dl_fig")
-with side:
-    selection_panel(ds, emb, st.session_state.get(pick_key, []), pick_key)
+if layout.dims == 2:
+    map_view(ds, emb, layout, colour_by, lines_on, pick_key)
+else:
+    view_3d(ds, emb, layout, method, seed, pick_key + "-3d")  # rows of the drawn sample
 
 st.subheader("Metrics")
-metrics_panel(key, emb, seed)
+metrics_panel(emb, key, seed)
 left, right = st.columns(2)
 with left:
-    cosine_panel(key, emb)
+    cosine_panel(emb, key)
 with right:
-    spectrum_panel(key, emb)
+    spectrum_panel(emb, key)

@@ -10,14 +10,19 @@ from pathlib import Path
 
 from .base import THUMBNAIL_SIZE, ImageMeta, ImportLimits
 
+PILLOW_DEFAULT_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS as Pillow ships it
+
 def pillow_pixel_limit(max_pixels: int) -> None:
     """Make Pillow's own decompression-bomb limit follow mmviz's (MMVIZ_MAX_PIXELS): Pillow
     refuses images over twice Image.MAX_IMAGE_PIXELS on open, with a message that names no
     file, and a higher MMVIZ_MAX_PIXELS must lift it too. mmviz checks its own bound first."""
     from PIL import Image
 
-    if Image.MAX_IMAGE_PIXELS != max_pixels:
-        Image.MAX_IMAGE_PIXELS = max_pixels
+    # Never below Pillow's default: a lower MMVIZ_MAX_PIXELS is mmviz's own check, made first,
+    # with the image's size in the message (Pillow would refuse on open, naming no size).
+    want = max(max_pixels, PILLOW_DEFAULT_PIXELS)
+    if Image.MAX_IMAGE_PIXELS != want:
+        Image.MAX_IMAGE_PIXELS = want
 
 
 def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta | None, str, str]:

@@ -353,10 +353,12 @@ def _check_disk(vectors_dir: Path | None, rows: int, dim: int, source: Path, dty
 # the loaders
 
 
-def _read_captions_file(path: Path, report: ImportReport) -> tuple[list[list[str]], list[str] | None]:
-    """Captions for vector rows: .txt (one per line) or a table with a caption column."""
+def _read_captions_file(path: Path, report: ImportReport
+                        ) -> tuple[list[list[str]], list[str] | None, dict[str, list] | None]:
+    """Captions for vector rows: .txt (one per line) or a table with a caption column, whose
+    id column names the rows and whose other columns are kept (split, label, topic, ...)."""
     if path.suffix.lower() == ".txt":
-        return [[_clean_caption(line)] for line in _split_lines(read_text(path, report))], None
+        return [[_clean_caption(line)] for line in _split_lines(read_text(path, report))], None, None
     records = _read_records(path, report)
     cols = list(records[0][1]) if records else []
     cap = _pick(cols, CAPTION_COLUMNS)
@@ -365,7 +367,8 @@ def _read_captions_file(path: Path, report: ImportReport) -> tuple[list[list[str
     idc = _pick(cols, ID_COLUMNS)
     caps = [_as_caption_list(r.get(cap)) for _, r in records]
     ids = [str(r.get(idc)) for _, r in records] if idc else None
-    return caps, ids
+    extras = {c: [r.get(c) for _, r in records] for c in cols if c not in (cap, idc)}
+    return caps, ids, extras or None
 
 
 def _sidecar_captions(path: Path) -> Path | None:
@@ -393,9 +396,10 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
         ids = [_as_str(x) for x in other["ids"]]
     if "captions" in other and other["captions"].shape == (n,):
         captions = [[_clean_caption(_as_str(c))] for c in other["captions"]]
+    extras = None
     captions_file = Path(captions_file) if captions_file else _sidecar_captions(path)
     if captions_file is not None:
-        caps, cap_ids = _read_captions_file(captions_file, report)
+        caps, cap_ids, extras = _read_captions_file(captions_file, report)
         if len(caps) != n:
             raise DataFormatError(captions_file, f"{len(caps)} captions for {n} vector pairs in {path.name}",
                                   "one caption row per vector pair, in the same order")
@@ -407,7 +411,7 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
     _check_disk(vectors_dir, n, img.dim, path, vector_dtype)
     rows = _VectorRows(report, img.dim, vectors_dir, vector_dtype, n, limits.max_caption_chars)
     try:
-        _stream_pairs(rows, path.name, img, txt, ids, captions, progress=progress, total=n)
+        _stream_pairs(rows, path.name, img, txt, ids, captions, extras=extras, progress=progress, total=n)
     except BaseException:
         rows.abort()
         raise

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store import _fsync_dir
+from ..atomic import fsync_dir as _fsync_dir
 from .layout import Layout, LazyEstimator, family, make_estimator, pair_rows, project_pairs, resolve_max_fit
 from .pca import PCA
 from .progress import Progress

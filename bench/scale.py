@@ -1,0 +1,249 @@
+"""mmviz at scale: import, gap metrics, the Gap explorer in a browser, the app server's memory
+and nearest-neighbour search, for N image-caption pairs of 512-d vectors (default 100k and 1M).
+
+For each N it generates pairs with cluster structure and a modality gap (a (2, N, D) float32
+.npy plus one caption per line), then measures, each command in a child process whose peak
+resident memory comes from `resource.getrusage(RUSAGE_CHILDREN)` of a small wrapper:
+
+  import     `mmviz import` of the .npy (wall time, peak RSS)
+  gap        `mmviz gap --json` with empty caches, then again (cached)
+  explorer   the app (`mmviz app`, so its SIGTERM stops the server) in headless Chromium: the
+             Gap explorer's first open with cold layout and metric caches, timed until every
+             point is drawn and the metrics table is shown; then a reopen in a new page, timed
+             until every point is drawn; the server's peak RSS over both
+  search     top-10 of 1,000 text queries over all N image vectors (mmviz.retrieval.topk),
+             against a plain numpy loop over 65,536-key blocks (the baseline, same run)
+
+and compares each with the goals of issue 14. Writes bench/results/scale.json.
+
+    .venv/bin/python bench/scale.py [--sizes 100000 1000000] [--dim 512] [--skip-browser] [--work DIR]
+
+The generated files and workspaces live in --work (default a temporary folder, removed at the
+end unless --keep); 1M pairs need about 4 GB for the source file and 2 GB for the workspace.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+GOALS = {  # issue 14: (100k, 1M)
+    "import_peak_rss_mb": (1024, 3072),
+    "import_seconds": (15, 120),
+    "explorer_reopen_seconds": (3, 10),
+    "explorer_first_open_seconds": (30, 240),
+    "server_peak_rss_mb": (2048, 6144),
+}
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+# Runs a command and prints its wall time and its peak RSS as the wrapper's only child, so
+# children measured one after another never see each other's maximum.
+WRAPPER = """
+import json, resource, subprocess, sys, time
+t = time.time()
+code = subprocess.call(sys.argv[1:])
+print(json.dumps({"rc": code, "seconds": time.time() - t,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def generate(path: Path, n: int, dim: int, seed: int = 0) -> None:
+    """(2, n, dim) float32 pairs: 500 cluster centres on the sphere, each pair at a centre plus
+    noise, images shifted by +gap/2 and captions by -gap/2 (a modality gap of ~0.8), and one
+    caption per line in path.with_suffix('.txt')."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(500, dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    gap = rng.normal(size=dim).astype(np.float32)
+    gap *= 0.8 / np.linalg.norm(gap)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2, n, dim))
+    with open(path.with_suffix(".txt"), "w") as captions:
+        for s in range(0, n, 65_536):
+            e = min(s + 65_536, n)
+            c = rng.integers(0, len(centres), e - s)
+            base = centres[c] + rng.normal(scale=0.5 / np.sqrt(dim), size=(e - s, dim)).astype(np.float32)
+            for m, sign in ((0, 1), (1, -1)):
+                out[m, s:e] = base + sign * gap / 2 + rng.normal(scale=0.2 / np.sqrt(dim), size=(e - s, dim))
+            captions.write("".join(f"a photo of topic {k} number {s + i}\n" for i, k in enumerate(c)))
+    out.flush()
+    del out
+
+
+def measured(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> dict:
+    r = subprocess.run([PY, "-c", WRAPPER, *cmd], capture_output=True, text=True, env=env, timeout=timeout)
+    last = r.stdout.strip().splitlines()[-1]
+    out = json.loads(last)
+    if out["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
+    return out
+
+
+def mmviz(home: Path, *args: str) -> list[str]:
+    return [PY, "-m", "mmviz.cli", "--home", str(home), *args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
+    """First open (cold caches) and reopen of the Gap explorer, and the server's peak RSS."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    server = subprocess.Popen([PY, "-c", WRAPPER, *mmviz(home, "app", "--port", str(port))], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if time.time() > deadline:
+            server.kill()
+            raise RuntimeError("the app did not come up")
+    out = {}
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            for run in ("first_open", "reopen"):
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                t0 = time.time()
+                page.goto(url + "/gap")
+                page.wait_for_selector(".mmviz-map[data-drawn]", timeout=timeout * 1000)
+                drawn = time.time() - t0
+                out[f"{run}_points"] = int(page.get_attribute(".mmviz-map", "data-drawn"))
+                if run == "first_open":
+                    # the last element of the page: metrics, histograms and spectrum are all there
+                    page.get_by_text("Spectrum (CSV)").first.wait_for(timeout=timeout * 1000)
+                    out["first_open_seconds"] = time.time() - t0
+                    out["first_open_drawn_seconds"] = drawn
+                else:
+                    out["reopen_seconds"] = drawn
+                out[f"{run}_draw_ms"] = float(page.get_attribute(".mmviz-map", "data-draw-ms") or "nan")
+                page.close()
+            browser.close()
+    finally:
+        server.send_signal(signal.SIGTERM)  # the wrapper's child is `mmviz app`, which stops the server
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    stats = json.loads(server.stdout.read().strip().splitlines()[-1])
+    out["server_peak_rss_mb"] = stats["peak_rss_mb"]
+    return out
+
+
+def search(home: Path, name: str, n_queries: int = 1000, k: int = 10) -> dict:
+    """topk over every image vector against a blocked numpy loop, both on the stored memmap."""
+    sys.path.insert(0, str(ROOT))
+    from mmviz import retrieval
+    from mmviz.store import Workspace
+
+    img, txt = Workspace(home).open(name).vectors()
+    rng = np.random.default_rng(1)
+    queries = np.asarray(txt[np.sort(rng.choice(len(txt), n_queries, replace=False))], dtype=np.float32)
+    t = time.time()
+    scores, idx = retrieval.topk(queries, img, k)
+    mmviz_s = time.time() - t
+    t = time.time()
+    best_s = np.full((n_queries, k), -np.inf, np.float32)
+    best_i = np.zeros((n_queries, k), np.int64)
+    for s in range(0, len(img), 65_536):  # what one would write by hand
+        block = np.asarray(img[s:s + 65_536], dtype=np.float32)
+        sc = queries @ block.T
+        part = np.argpartition(-sc, k - 1, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], 1)
+        cand_i = np.concatenate([best_i, part + s], 1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    numpy_s = time.time() - t
+    same = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(idx, best_i)]))
+    return {"queries": n_queries, "keys": len(img), "mmviz_seconds": mmviz_s, "numpy_blocked_seconds": numpy_s,
+            "speedup": numpy_s / mmviz_s, "same_neighbours": same,
+            "backend": "faiss" if retrieval.faiss_available() else "torch"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--work", type=Path, help="folder for the generated files and workspaces")
+    ap.add_argument("--keep", action="store_true", help="keep the generated files and workspaces")
+    ap.add_argument("--skip-browser", action="store_true", help="no Gap explorer / server measurements")
+    args = ap.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="mmviz-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    report = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+              "dim": args.dim, "sizes": {}}
+    try:
+        for n in args.sizes:
+            name = f"pairs{n}"
+            src = work / f"{name}.npy"
+            if not src.exists():
+                print(f"[{n:,}] generating {src} ...", flush=True)
+                generate(src, n, args.dim)
+            home = work / f"home-{n}"
+            shutil.rmtree(home, ignore_errors=True)
+            home.mkdir()
+            (home / ".demo-offered").touch()  # the app opens on this set, not the shapes demo
+            row: dict = {"pairs": n, "source_mb": src.stat().st_size / 2**20}
+            print(f"[{n:,}] import ...", flush=True)
+            row["import"] = measured(mmviz(home, "import", str(src), "--name", name, "-q"), env)
+            row["stored_mb"] = sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) / 2**20
+            print(f"[{n:,}] gap (cold, then cached) ...", flush=True)
+            row["gap"] = measured(mmviz(home, "gap", name, "--json"), env)
+            row["gap_cached"] = measured(mmviz(home, "gap", name, "--json"), env)
+            shutil.rmtree(home / "results", ignore_errors=True)  # the explorer's first open starts cold
+            if not args.skip_browser:
+                print(f"[{n:,}] Gap explorer in Chromium ...", flush=True)
+                row["explorer"] = explorer(home, env)
+            print(f"[{n:,}] top-10 of 1,000 queries ...", flush=True)
+            row["search"] = search(home, name)
+            i = 0 if n <= 100_000 else 1
+            got = {"import_peak_rss_mb": row["import"]["peak_rss_mb"], "import_seconds": row["import"]["seconds"]}
+            if "explorer" in row:
+                got.update(explorer_reopen_seconds=row["explorer"]["reopen_seconds"],
+                           explorer_first_open_seconds=row["explorer"]["first_open_seconds"],
+                           server_peak_rss_mb=row["explorer"]["server_peak_rss_mb"])
+            row["goals"] = {k: {"value": round(v, 2), "goal": GOALS[k][i], "met": v <= GOALS[k][i]} for k, v in got.items()}
+            report["sizes"][str(n)] = row
+            print(json.dumps(row, indent=2), flush=True)
+            if not args.keep:
+                shutil.rmtree(home, ignore_errors=True)
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "scale.json").write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {RESULTS / 'scale.json'}")
+    for n, row in report["sizes"].items():
+        for k, g in row["goals"].items():
+            print(f"{int(n):>9,}  {k:30s} {g['value']:>10}  goal {g['goal']:>6}  {'met' if g['met'] else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
