@@ -34,12 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from mmviz.cli.app import wait_healthy  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 GOALS = {  # issue 14: (100k, 1M)
@@ -112,17 +113,9 @@ def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
     server = subprocess.Popen([PY, "-c", WRAPPER, *mmviz(home, "app", "--port", str(port))], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if time.time() > deadline:
-            server.kill()
-            raise RuntimeError("the app did not come up")
+    if not wait_healthy(url, server, 120):
+        server.kill()
+        raise RuntimeError("the app did not come up")
     out = {}
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     try:
@@ -158,7 +151,6 @@ def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
 
 def search(home: Path, name: str, n_queries: int = 1000, k: int = 10) -> dict:
     """topk over every image vector against a blocked numpy loop, both on the stored memmap."""
-    sys.path.insert(0, str(ROOT))
     from mmviz import retrieval
     from mmviz.store import Workspace
 

@@ -268,7 +268,8 @@ def test_sigterm_to_mmviz_app_leaves_nothing_listening(tmp_path):
     import subprocess
     import sys
     import time
-    import urllib.request
+
+    from mmviz.cli.app import wait_healthy
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,16 +284,7 @@ def test_sigterm_to_mmviz_app_leaves_nothing_listening(tmp_path):
             return c.connect_ex(("127.0.0.1", port)) == 0
 
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.time() < deadline, "the app did not come up"
-            time.sleep(0.5)
+        assert wait_healthy(f"http://127.0.0.1:{port}", proc), "the app did not come up"
         proc.send_signal(signal.SIGTERM)  # to mmviz app only, as a service manager would
         proc.wait(timeout=30)
         deadline = time.time() + 10
@@ -316,18 +308,24 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def _stored_and_bigger(tmp_path: Path, rows: int, dim: int):
+    """(env for a child mmviz, workspace home, Workspace, the stored 30-pair 'ds', a bigger
+    vectors file to import over it)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    home = tmp_path / "ws"
+    ws = Workspace(home)
+    old = ws.import_path(_vectors_file(tmp_path / "src", 1), "ds").dataset
+    big = tmp_path / "big.npy"
+    np.save(big, np.random.default_rng(0).normal(size=(2, rows, dim)).astype(np.float32))
+    return env, home, ws, old, big
+
+
 def test_a_full_disk_gives_a_clear_error_and_loses_nothing(tmp_path):
     """RLIMIT_FSIZE caps every file the import writes at 1 MB, as a full disk would stop it."""
     import subprocess
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    home = tmp_path / "ws"
-    ws = Workspace(home)
-    old = ws.import_path(_vectors_file(tmp_path / "src", 1), "ds").dataset
-    big = tmp_path / "big.npy"
-    np.save(big, np.random.default_rng(0).normal(size=(2, 20_000, 64)).astype(np.float32))  # 5 MB of vectors
+    env, home, ws, old, big = _stored_and_bigger(tmp_path, 20_000, 64)  # 5 MB of vectors
     r = subprocess.run([sys.executable, "-c", FSIZE_CHILD, str(2**20), "--home", str(home), "import", str(big),
                         "--name", "ds", "-q"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
@@ -362,13 +360,7 @@ def test_kill_9_mid_import_keeps_the_previous_version(tmp_path, delay):
     import sys
     import time
 
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    home = tmp_path / "ws"
-    ws = Workspace(home)
-    old = ws.import_path(_vectors_file(tmp_path / "src", 1), "ds").dataset
-    big = tmp_path / "big.npy"
-    np.save(big, np.random.default_rng(0).normal(size=(2, 150_000, 128)).astype(np.float32))
+    env, home, ws, old, big = _stored_and_bigger(tmp_path, 150_000, 128)
     child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(home), "import", str(big)], env=env)
     time.sleep(delay)
     child.send_signal(signal.SIGKILL)

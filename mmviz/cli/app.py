@@ -70,6 +70,25 @@ def run_until_stopped(cmd: list[str], env: dict, grace: float = 15.0) -> int:
     return 128 - code if code < 0 else code
 
 
+def wait_healthy(url: str, proc=None, timeout: float = 90) -> bool:
+    """Whether the Streamlit server at `url` answers its health check within `timeout` s
+    (False at once if `proc`, its process, has exited)."""
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return True
+        except OSError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.3)
+    return False
+
+
 def register(sub) -> None:
     """Add app to the subparsers `sub`."""
     s = sub.add_parser("app", help="launch the browser app (binds to 127.0.0.1 unless --host is given)")
