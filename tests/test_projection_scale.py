@@ -8,6 +8,7 @@ import json
 import sys
 import tracemalloc
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -357,3 +358,43 @@ def test_torch_threads_are_set_and_restored():
     assert torch.get_num_threads() == before
     est = DOSNES(max_iter=260, threads=1).fit(clustered(30, 30)[0])
     assert est.threads_used_ == [1]
+
+
+# -- DOSNES affinities: per-point perplexity ------------------------------------------
+
+
+def test_per_point_widths_give_each_row_the_asked_perplexity():
+    import torch
+
+    from mmviz.projection.dosnes import perplexity_affinities, squared_distances
+
+    x = torch.from_numpy(np.vstack(clustered(60, 90, d=16))).double()  # clusters of unequal density
+    d2 = squared_distances(x).fill_diagonal_(float("inf"))
+    for perplexity in (5.0, 15.0):
+        cond, widths = perplexity_affinities(d2, perplexity)
+        c = cond.numpy()
+        entropy = -np.sum(np.where(c > 0, c * np.log(np.where(c > 0, c, 1)), 0), axis=1)
+        np.testing.assert_allclose(np.exp(entropy), perplexity, rtol=1e-6)  # every row, not just on average
+        np.testing.assert_allclose(c.sum(1), 1.0, atol=1e-12)
+        assert np.all(np.diag(c) == 0) and np.all((c > 0).sum(1) <= int(3 * perplexity) + 1)
+        assert widths.max() > 1.5 * widths.min()  # the widths differ with the local density
+        # bandwidth multiplies the calibrated widths
+        np.testing.assert_allclose(perplexity_affinities(d2, perplexity, bandwidth=2.0)[1].numpy(),
+                                   2 * widths.numpy(), rtol=1e-12)
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "modality-gap-features" / "features_clip.npy"
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason="real CLIP features not present")
+def test_dosnes_matches_umap_on_real_clip_features():
+    """500 COCO pairs (1,000 points), stacked as bench/projection.py stacks them: DOSNES's
+    trustworthiness (k = 10) at least UMAP 3-D's measured 0.963 less 0.001 (DOSNES gives
+    0.965; the former global-width affinities gave 0.959). The 2,000-point check (0.980
+    against 0.976) takes too long for the suite (~30 s): it is a goal in bench/projection.py."""
+    from sklearn.manifold import trustworthiness
+
+    f = np.load(REAL).astype(np.float32)
+    x = unit(np.vstack([f[0], f[1]]))
+    y = DOSNES(seed=0).fit_transform(x)
+    assert trustworthiness(x, y, n_neighbors=10, metric="cosine") >= 0.962

@@ -12,7 +12,8 @@ never copied whole. `cached_layout` keeps finished layouts in the workspace unde
 Modules: rows (chunked reading), pca (PCA, GapPCA), umap (umap-learn / cuML), dosnes,
 placement (kNN placement), layout (project_pairs, Layout, sample_for_3d), cache.
 """
-from .cache import LAYOUT_FORMAT, array_digest, cached_layout, layout_key, layout_path, load_layout, save_layout
+from .cache import (LAYOUT_FORMAT, array_digest, cache_key, cached_layout, layout_key, layout_path, load_layout,
+                    save_layout)
 from .dosnes import (DOSNES, _shifted_distances, calibrate_width, dosnes_affinities, doubly_stochastic,
                      squared_distances)
 from .layout import (DEFAULT_MAX_FIT, METHODS, Layout, LazyEstimator, fit_rows, make_estimator, project_pairs,
@@ -26,7 +27,8 @@ from .umap import UMAP, umap_backend
 
 __all__ = [
     "CHUNK", "DEFAULT_MAX_FIT", "DOSNES", "GapPCA", "KnnPlacement", "LAYOUT_FORMAT", "Layout", "LazyEstimator",
-    "METHODS", "PCA", "Progress", "Rows", "TorchThreads", "UMAP", "array_digest", "as_progress", "cached_layout",
+    "METHODS", "PCA", "Progress", "Rows", "TorchThreads", "UMAP", "array_digest", "as_progress", "cache_key",
+    "cached_layout",
     "calibrate_width", "dosnes_affinities", "doubly_stochastic", "fit_rows", "knn_positions", "layout_key",
     "layout_path", "load_layout", "make_estimator", "project_pairs", "resolve_max_fit", "sample_for_3d",
     "save_layout", "squared_distances", "umap_backend", "unit_rows",

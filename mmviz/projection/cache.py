@@ -47,6 +47,13 @@ def layout_key(key_parts: dict, method: str, params: dict | None, seed: int, max
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def cache_key(key_parts: dict, images, texts, method: str, params: dict | None, seed: int, max_fit: int | None,
+              identifies_data: bool = False) -> str:
+    """The key cached_layout files a layout under (max_fit as resolved: None or an int)."""
+    data = f"shapes {np.shape(images)} {np.shape(texts)}" if identifies_data else array_digest(images, texts)
+    return layout_key(key_parts, method, params, seed, max_fit, data)
+
+
 def layout_path(ws, key: str) -> Path:
     """The folder of the layout with this key (present only once complete)."""
     return Path(ws.home) / "layouts" / key
@@ -155,8 +162,7 @@ def cached_layout(ws, key_parts: dict, images, texts, method: str, params: dict 
     """
     rows = pair_rows(images, texts)
     limit = resolve_max_fit(method, max_fit)
-    data = (f"shapes {np.shape(images)} {np.shape(texts)}" if identifies_data else array_digest(images, texts))
-    key = layout_key(key_parts, method, params, seed, limit, data)
+    key = cache_key(key_parts, images, texts, method, params, seed, limit, identifies_data)
     folder = layout_path(ws, key)
     if folder.is_dir():
         try:

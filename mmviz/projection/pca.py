@@ -30,7 +30,8 @@ def _scatter(rows: Rows, mean: np.ndarray, chunk: int) -> np.ndarray:
     d = rows.shape[1]
     out = np.zeros((d, d))
     for _, block in rows.chunks(chunk):
-        xc = block.astype(np.float64) - mean
+        xc = block.astype(np.float64)
+        xc -= mean  # in place: one float64 copy of the chunk, not two
         out += xc.T @ xc
     return out
 
@@ -74,7 +75,9 @@ class PCA:
         rows = Rows.of(x)
         out = np.empty((len(rows), len(self.components_)), dtype=np.float32)
         for s, block in rows.chunks(chunk):
-            out[s:s + len(block)] = (block.astype(np.float64) - self.mean_) @ self.components_.T
+            xc = block.astype(np.float64)
+            xc -= self.mean_
+            out[s:s + len(block)] = xc @ self.components_.T
         return out
 
     def fit_transform(self, x) -> np.ndarray:

@@ -6,10 +6,20 @@ by cosine (mmviz.retrieval.topk: torch matmul + top-k in blocks, or faiss's exac
 IndexFlatIP), then the layout positions of those neighbours averaged with softmax weights
 exp(cos / temperature). On a sphere (DOSNES) the average is put back on the sphere.
 
-Why this and not umap-learn's own transform: measured on real CLIP features and a 200k
-synthetic set (bench/placement.py, NOTES-projection-scale.md), it is many times faster at
-the same trustworthiness; umap-learn's transform also starts from such a weighted mean of
-neighbour positions, then refines it with a few optimisation epochs per batch.
+Why this and not umap-learn's own transform (bench/placement.py, NOTES-projection-scale.md):
+its trustworthiness is as good or better (a 200k clustered set: 0.878 against 0.813 for
+placed and fitted points together; 500 real CLIP points: 0.943 against 0.941), it costs a
+predictable matrix product (on a GPU when torch has one), where umap-learn's seeded
+transform runs on one core. Against a 20,000-point fit on 2 shared CPU cores the two take
+about as long (33 to 200 s against 90 to 190 s per 100,000 placed points, with the load
+from other jobs); against small fits kNN is 50 to 200 times faster. umap-learn's transform
+also starts from such a weighted mean of neighbour positions, then refines it with a few
+optimisation epochs.
+
+Weights: the nearest neighbour weighs 1 and each other exp(-(cos_1 - cos_j) / 0.01). On
+the real CLIP features sharper weights placed better (0.943 at 0.01, 0.931 at 0.1, 0.928
+uniform); nearer 0 they stack points exactly onto fitted ones, which trustworthiness does
+not punish but a scatter plot shows. k barely matters (5, 10, 15 within 0.001): 10.
 """
 from __future__ import annotations
 

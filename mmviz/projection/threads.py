@@ -85,7 +85,10 @@ class TorchThreads:
 
         self._before = torch.get_num_threads()
         self._ceiling = max(self._before, 1)
-        if self.threads == "auto":
+        if self.threads == "auto" and self._ceiling == 1:
+            self.threads = 1  # nothing to choose: no probe
+            self._set(1)
+        elif self.threads == "auto":
             self._window = CpuWindow()
             time.sleep(self.probe_s)
             self.recheck()

@@ -51,7 +51,8 @@ class UMAP:
 
     `transform` places new rows: placement="knn" (default) by their `place_neighbors`
     nearest fitted rows (KnnPlacement, exact cosine); placement="umap" with the fitted
-    model's own transform (umap-learn: seconds per thousand rows; see bench/placement.py)."""
+    model's own transform (slower on small fits, less trustworthy on a large clustered set:
+    bench/placement.py)."""
 
     def __init__(self, n_components: int = 2, n_neighbors: int = 15, min_dist: float = 0.1,
                  metric: str = "cosine", seed: int = 0, backend: str = "auto", placement: str = "knn",
