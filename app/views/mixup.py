@@ -83,12 +83,15 @@ def circle_figure(a: np.ndarray, b: np.ndarray, lam: float, near: np.ndarray, ne
 
 
 def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float) -> go.Figure:
-    """The dataset's layout with the slerp path and the re-normalised linear mixes placed in it."""
+    """The dataset's layout (a seeded sample of it on a large set) with the slerp path and the
+    re-normalised linear mixes placed in it."""
     layout, _ = common.layout_for(ds, emb, method, 0)
     lams = np.linspace(0, 1, PATH_STEPS)
     place = layout.estimator.transform
-    fig = viz.pairs_figure(layout.image_xy, layout.text_xy, emb.text_owner, sphere=method == "dosnes", lines=False,
-                           hover=viz.pair_hover(emb.ids, emb.captions, emb.text_owner), height=620)
+    img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
+    hover = viz.pair_hover([emb.ids[r] for r in img_rows], [emb.captions[j] for j in cap_rows], owner)
+    fig = viz.pairs_figure(layout.image_xy[img_rows], layout.text_xy[cap_rows], owner, sphere=method == "dosnes",
+                           lines=False, hover=hover, height=620)
     arc = place(slerp(a[None], b[None], lams).astype(np.float32))
     lin = place(linear_mix(a[None], b[None], np.linspace(0, 1, 11)).astype(np.float32))
     now = place(slerp(a, b, lam)[None].astype(np.float32))
@@ -98,7 +101,7 @@ def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float
                                marker=dict(size=4, color=LINEAR_COLOUR, symbol="x")))
     fig.add_trace(go.Scatter3d(**viz.coords(now), mode="markers", name=f"mix at λ = {lam:.2f}",
                                marker=dict(size=9, color=PICK_COLOUR)))
-    return fig
+    return fig, len(img_rows)
 
 
 def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) -> None:
@@ -106,7 +109,7 @@ def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) 
     mixes = slerp(a[None], b[None], np.array(lams)).astype(np.float32)
     img_s, img_i = topk(mixes, emb.image, k)
     txt_s, txt_i = topk(mixes, emb.text, k)
-    thumbs = common.thumbnails(ds)
+    thumbs = common.thumbnails_of(ds, [emb.ids[i] for i in img_i.ravel()])
     cols = st.columns(len(lams))
     for c, lam_, si, ii, st_, it in zip(cols, lams, img_s, img_i, txt_s, txt_i):
         c.markdown(f"**λ = {lam_:.2f}**" + (" (image)" if lam_ == 1 else " (caption)" if lam_ == 0 else ""))
@@ -127,10 +130,19 @@ ds, emb = common.dataset_and_embeddings("mx")
 key = common.data_key(ds, emb)
 
 left, mid, right = st.columns([2, 3, 2])
-row = left.selectbox("Image", range(len(emb.ids)), format_func=lambda r: emb.ids[r], key="mx_image")
-own = np.flatnonzero(emb.text_owner == row)
-any_text = left.toggle("Any caption", key="mx_any", help="Off: one of the image's own captions.")
-choices = list(range(len(emb.captions))) if any_text else own.tolist()
+with left:
+    picked = common.pick_row(ds, "Image", "mx_image")
+    row = None if picked is None else common.embedding_row(ds, emb, picked)
+    any_text = st.toggle("Any caption", key="mx_any", help="Off: one of the image's own captions.")
+    if any_text:  # a caption of any pair: found by search like the image
+        other = common.pick_row(ds, "Caption of", "mx_other")
+        source = None if other is None else common.embedding_row(ds, emb, other)
+    else:
+        source = row
+if row is None or source is None:
+    st.info("Pick an image (and a pair whose caption to mix with it): search by id or caption.")
+    st.stop()
+choices = np.flatnonzero(emb.text_owner == source).tolist()
 col = mid.selectbox("Caption", choices, key="mx_text",
                     format_func=lambda j: f"{emb.captions[j]}  ({'own' if emb.text_owner[j] == row else emb.ids[emb.text_owner[j]]})")
 lam = mid.slider("λ (1 = image, 0 = caption)", 0.0, 1.0, 0.5, 0.01, key="mx_lam")
@@ -138,7 +150,7 @@ view = right.radio("View", list(VIEWS), key="mx_view")
 k = right.slider("Neighbours", 1, 10, 3, key="mx_k")
 if col is None:
     st.stop()
-a, b = emb.image[row].astype(np.float64), emb.text[col].astype(np.float64)
+a, b = np.asarray(emb.image[row], dtype=np.float64), np.asarray(emb.text[col], dtype=np.float64)
 theta = float(np.degrees(np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1))))
 st.caption(f"Angle between them: {theta:.1f}° (cosine {np.cos(np.radians(theta)):.3f}). The slerp mix at λ = {lam:.2f} "
            f"is {(1 - lam) * theta:.1f}° from the image; the re-normalised linear mix is "
@@ -151,15 +163,17 @@ with plot:
     if VIEWS[view] is None:
         mix = slerp(a, b, lam).astype(np.float32)
         (_, ni), (_, nt) = topk(mix, emb.image, 20), topk(mix, emb.text, 20)
-        near = np.concatenate([emb.image[ni], emb.text[nt]]).astype(np.float64)
+        near = np.concatenate([emb.image[np.sort(ni)], emb.text[np.sort(nt)]]).astype(np.float64)
         st.plotly_chart(circle_figure(a / np.linalg.norm(a), b / np.linalg.norm(b), lam, near,
                                       ["image"] * len(ni) + ["text"] * len(nt)), key="mx_chart")
         st.caption("The plane through the image, the caption and the origin. Faint points: the 20 images and "
                    "captions nearest the mix, projected onto this plane (inside the circle: they leave it).")
     else:
-        st.plotly_chart(layout_figure(ds, emb, VIEWS[view], a, b, lam), key="mx_chart")
+        fig, drawn = layout_figure(ds, emb, VIEWS[view], a, b, lam)
+        st.plotly_chart(fig, key="mx_chart")
+        sample = f" Drawn: a seeded sample of {drawn:,} of the {len(emb.ids):,} pairs." if drawn < len(emb.ids) else ""
         st.caption("The path placed into the dataset's layout (new points land next to the fitted points they "
-                   "are most similar to).")
+                   f"are most similar to).{sample}")
 with side:
     st.markdown("**How hard are m2-mix's negatives?**")
     h = hardness_at(key, lam, emb.image, emb.paired_text)
