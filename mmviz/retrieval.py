@@ -442,6 +442,14 @@ def _rank_pass(queries: np.ndarray, keys: np.ndarray, query_label: np.ndarray, k
     kidx = order[np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])] if len(qpos) else np.zeros(0, np.int64)
     own = _own_scores(queries, keys, rows, (qpos, kidx))
     has_own = hi > lo
+    norms = _NORMS.get(_norms_key(keys)) if n <= COARSE_MAX_QUERIES and keys.dtype == np.float16 else None
+    got = _rank_coarse(_unit(queries[rows]), keys, norms, ql, key_label, own) if norms is not None else None
+    if got is not None:
+        if progress:
+            progress(done + n * len(keys), total)
+        above, best_i, best_v = got
+        return {"rank": np.where(has_own, 1 + above, 0).astype(np.int64), "own": own, "best": best_i,
+                "best_score": best_v}
     dev = _device(device)
     scores = _Scores(dev)
     q_unit = torch.from_numpy(_unit(queries[rows])).to(dev)
@@ -464,6 +472,50 @@ def _rank_pass(queries: np.ndarray, keys: np.ndarray, query_label: np.ndarray, k
             progress(done + n * (start + len(kb)), total)
     rank = np.where(has_own, 1 + above.cpu().numpy(), 0).astype(np.int64)
     return {"rank": rank, "own": own, "best": best_i.cpu().numpy(), "best_score": best_v.cpu().numpy()}
+
+
+def _rank_coarse(q: np.ndarray, keys: np.ndarray, norms: np.ndarray, ql: np.ndarray, key_label: np.ndarray,
+                 own: np.ndarray):
+    """_rank_pass for one or two unit queries over float16 keys of known norms, from float16
+    scores (see _topk_coarse: within COARSE_TOL of the float32 cosine): a key scoring more than
+    own + RANK_TIE + COARSE_TOL is above, one scoring less than own + RANK_TIE - COARSE_TOL is
+    not, and only those in between are scored again in float32; likewise the nearest key among
+    those within 2 COARSE_TOL of the best float16 score. (above, best, best_score), or None
+    when too many keys need rescoring."""
+    q16 = torch.from_numpy(q).to(torch.float16)
+    inv = (1.0 / np.maximum(norms, EPS)).astype(np.float32)
+    rows = _block_rows(keys.shape[1])
+    n = len(q)
+    above = np.zeros(n, np.int64)
+    line = own + RANK_TIE
+    best_a = np.full(n, -np.inf, np.float32)
+    unsure: list[list[np.ndarray]] = [[] for _ in range(n)]
+    near_best: list[list[np.ndarray]] = [[] for _ in range(n)]
+    count = 0
+    for start in range(0, len(keys), rows):
+        block = torch.from_numpy(np.array(keys[start:start + rows]))
+        approx = (block @ q16.T).float().T.numpy() * inv[start:start + len(block)]  # (n, rows)
+        other = key_label[start:start + len(block)][None, :] != ql[:, None]
+        for i in range(n):
+            a, m = approx[i], other[i]
+            above[i] += np.count_nonzero((a > line[i] + COARSE_TOL) & m)
+            band = np.flatnonzero((a >= line[i] - COARSE_TOL) & (a <= line[i] + COARSE_TOL) & m)
+            best_a[i] = max(best_a[i], a.max())
+            near = np.flatnonzero(a >= best_a[i] - 2 * COARSE_TOL)
+            unsure[i].append(band + start)
+            near_best[i].append(near + start)
+            count += len(band) + len(near)
+        if count > COARSE_MAX_CANDIDATES:
+            return None
+    best_i, best_v = np.zeros(n, np.int64), np.zeros(n, np.float32)
+    for i in range(n):
+        band = np.concatenate(unsure[i])
+        if len(band):
+            above[i] += int(np.count_nonzero(_unit(keys[band]) @ q[i] > line[i]))
+        near = np.unique(np.concatenate(near_best[i]))
+        exact = _unit(keys[near]) @ q[i]
+        best_i[i], best_v[i] = near[int(exact.argmax())], exact.max()
+    return above, best_i, best_v
 
 
 def partner_ranks(images, texts, text_owner=None, *, rows=None, chunk: int = 4096, device="auto",

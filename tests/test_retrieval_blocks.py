@@ -177,3 +177,22 @@ def test_query_sample_and_default_queries():
     with pytest.raises(ValueError, match="at least 1"):
         query_sample(5, 0)
     assert retrieval.default_queries(10_000) is None and retrieval.default_queries(10_001) == 10_000
+
+
+def test_ranks_of_one_pair_over_float16_keys_take_the_float16_route(tmp_path, monkeypatch):
+    images, texts, owner = random_set(9, n=400, d=24)
+    mi, mt = memmap(tmp_path, "i16", images, np.float16), memmap(tmp_path, "t16", texts, np.float16)
+    full = partner_ranks(mi, mt, owner)  # every pair: float32 blocks (and the keys' norms kept)
+    calls = []
+    real = retrieval._rank_coarse
+    monkeypatch.setattr(retrieval, "_rank_coarse", lambda *a: calls.append(1) or real(*a))
+    for row in (0, 17, 399):
+        one = partner_ranks(mi, mt, owner, rows=[row])
+        assert one["i2t"][0] == full["i2t"][row]
+        np.testing.assert_array_equal(one["t2i"], full["t2i"][one["captions"]])
+    assert len(calls) >= 3  # the image's own pass at least; two-caption rows go the float32 way for t2i
+    w = worst_pairs(mi, mt, owner, limit=3, queries=1, seed=4)  # one caption: float16 route, nearest image too
+    s = unit64(mt.astype(np.float64)) @ unit64(mi.astype(np.float64)).T
+    j = int(w["caption"].iloc[0])
+    assert w["best_image"].iloc[0] == s[j].argmax() and w["best_cosine"].iloc[0] == pytest.approx(s[j].max(), abs=1e-5)
+    assert w["t2i_rank"].iloc[0] == full["t2i"][j]
