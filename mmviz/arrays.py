@@ -172,7 +172,9 @@ class NpyWriter:
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if rows.ndim != 2 or rows.shape[1] != self.dim:
             raise ValueError(f"expected rows of width {self.dim}, got shape {rows.shape}")
-        data = rows.tobytes()
+        if rows.size == 0:
+            return
+        data = memoryview(rows).cast("B")  # the array's own bytes: no copy
         self._f.write(data)
         self._hash.update(data)
         self.rows += len(rows)
@@ -230,6 +232,29 @@ def free_bytes(folder: str | os.PathLike) -> int:
     while not p.exists() and p != p.parent:
         p = p.parent
     return shutil.disk_usage(p).free
+
+
+def available_memory() -> int:
+    """Memory the kernel can give without swapping (MemAvailable), or free pages elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**34
+
+
+def check_size(header: NpyHeader, limit: int, label, what: str) -> None:
+    """Refuse an array whose header declares more bytes than `limit`, before reading any."""
+    if header.nbytes > limit:
+        raise DataFormatError(label, f"its header declares shape {header.shape} of {header.dtype}, "
+                                     f"{header.nbytes:,} bytes, over the {limit:,} bytes allowed ({what})",
+                              "a smaller array, or raise MMVIZ_MAX_ARRAY_BYTES")
 
 
 def ensure_free(folder: str | os.PathLike, need: int, source: str | os.PathLike, what: str) -> None:

@@ -48,6 +48,17 @@ class Embeddings:
     seconds: float = 0.0
     cache_path: str = ""
     dataset_key: str = ""  # content hash of the dataset version
+    rows: np.ndarray | None = None  # dataset table row of each image (None: row i is image i)
+
+    @property
+    def table_rows(self) -> np.ndarray:
+        """The dataset table row of each image row (rows whose image failed are left out)."""
+        return np.arange(len(self.ids)) if self.rows is None else self.rows
+
+    def captions_of(self, image_row: int) -> range:
+        """Indices into `text` of one image's captions (text_owner is in image order)."""
+        return range(int(np.searchsorted(self.text_owner, image_row, "left")),
+                     int(np.searchsorted(self.text_owner, image_row, "right")))
 
     @property
     def key_parts(self) -> dict:
@@ -99,7 +110,10 @@ class _ImageFiles:
     """Map-style dataset: path -> preprocessed tensor, or None when the file fails to decode."""
 
     def __init__(self, paths: list[str], preprocess):
+        from .data import ImportLimits
+
         self.paths, self.preprocess = paths, preprocess
+        self.max_pixels = ImportLimits.from_env().max_pixels  # as at import (workers are new processes)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -107,6 +121,9 @@ class _ImageFiles:
     def __getitem__(self, i):
         from PIL import Image, ImageOps
 
+        from .data.images import pillow_pixel_limit
+
+        pillow_pixel_limit(self.max_pixels)
         try:
             with Image.open(self.paths[i]) as im:
                 im = ImageOps.exif_transpose(im).convert("RGB")
@@ -246,15 +263,23 @@ def _from_set(ds: Dataset, cache: EmbeddingCache, aligned: dict, model: str, t0:
                       skipped=[tuple(x) for x in info.get("skipped", [])],
                       computed=computed or {"images": 0, "captions": 0},
                       cached=cached or {"images": info.get("images", len(rows)), "captions": info.get("captions", 0)},
-                      seconds=time.time() - t0, cache_path=str(cache.path), dataset_key=ds.key)
+                      seconds=time.time() - t0, cache_path=str(cache.path), dataset_key=ds.key, rows=rows)
 
 
 def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch_size: int = 64,
                   workers: int | None = None, device: str | None = None,
-                  progress: EmbedProgress | None = None) -> Embeddings:
+                  progress: EmbedProgress | None = None, rank: int = 0, world_size: int = 1,
+                  barrier: Callable[[], None] | None = None) -> Embeddings:
     """Embed `ds` with `model` (a spec or a loaded model), using and filling the cache.
 
     A dataset of imported vectors asked for under its own model name returns them as stored.
+
+    Several processes (torchrun; nodes sharing the workspace folder) split the work: each
+    finds what the cache lacks, then, after `barrier()`, embeds every `world_size`-th missing
+    image and caption starting at its `rank` and writes its own shards; after the next
+    barrier rank 0 assembles the set, and after the last one every process opens it. The
+    shards are content-keyed, so the vectors are the same as one process's, and a killed
+    process's finished shards are kept for the rerun.
     """
     t0 = time.time()
     if isinstance(model, str) and model == ds.manifest.get("vector_model"):
@@ -284,8 +309,14 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
     txt_keys = [text_key(c) for c in captions]
     skipped: list[tuple[str, str]] = [(i, "no image") for i, h in zip(ids, with_image) if not h]
 
+    # what the cache lacks, found by every process before any of them writes a shard
+    todo_all = cache.missing("image", [k for k, h in zip(img_keys, with_image) if h])
+    ttodo_all = cache.missing("text", txt_keys)
+    if barrier is not None:
+        barrier()
+    todo, ttodo = todo_all[rank::world_size], ttodo_all[rank::world_size]
+
     # images: embed each missing content hash once (duplicates share a file)
-    todo = cache.missing("image", [k for k, h in zip(img_keys, with_image) if h])
     first_row = {}
     for row, k in enumerate(img_keys):
         first_row.setdefault(k, row)
@@ -309,7 +340,6 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         pending.flush()
 
     # captions
-    ttodo = cache.missing("text", txt_keys)
     tfirst = {}
     for j, k in enumerate(txt_keys):
         tfirst.setdefault(k, j)
@@ -329,6 +359,8 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
         encode_texts(loaded(), texts, max(batch_size, 128), on_text_batch)
         tpending.flush()
 
+    if barrier is not None:  # every process's shards are on disk
+        barrier()
     # which rows made it: an image in the cache (failures are reported, never cached)
     in_cache = set(k for k, h in zip(img_keys, with_image) if h) - set(cache.missing("image", [
         k for k, h in zip(img_keys, with_image) if h]))
@@ -337,18 +369,22 @@ def embed_dataset(ws: Workspace, ds: Dataset, model: str | LoadedModel, *, batch
             skipped.append((ids[row], f"image could not be decoded: {failed.get(k, 'unknown error')}"))
     rows = np.array([r for r, (k, h) in enumerate(zip(img_keys, with_image)) if h and k in in_cache], dtype=np.int64)
     caps_of = t["captions"].tolist()
-    computed = {"images": len(todo) - len(failed), "captions": len(ttodo)}
-    # Counted per distinct image/caption, so computed + cached = what the set needs embedded.
-    cached = {"images": len({k for k, h in zip(img_keys, with_image) if h} - set(todo)),
-              "captions": len(set(txt_keys) - set(ttodo))}
+    # Counted per distinct image/caption over all processes, so computed + cached = what the
+    # set needs embedded (a failed image is neither).
+    computed = {"images": len(set(todo_all) & in_cache), "captions": len(ttodo_all)}
+    cached = {"images": len({k for k, h in zip(img_keys, with_image) if h} - set(todo_all)),
+              "captions": len(set(txt_keys) - set(ttodo_all))}
     aligned = cache.open_set(ds.key)
-    if aligned is None or not np.array_equal(aligned["rows"], rows):
+    if rank == 0 and (aligned is None or not np.array_equal(aligned["rows"], rows)):
         if progress:
             progress(0, 1, "assembling")
         aligned = cache.assemble_set(
             ds.key, [img_keys[r] for r in rows], [text_key(c) for r in rows for c in caps_of[r]], rows,
             {"model": resolved.spec.raw, "skipped": skipped, "images": len(rows)},
             progress=(lambda d, n: progress(d, n, "assembling")) if progress else None)
+    if barrier is not None:  # rank 0 has assembled the set
+        barrier()
+        aligned = cache.open_set(ds.key)
     return _from_set(ds, cache, aligned, resolved.spec.raw, t0, computed, cached)
 
 

@@ -616,26 +616,33 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def all_metrics(images, texts, seed: int = 0, max_n: int = MAX_N, *, device: str = "auto") -> dict[str, float]:
+def all_metrics(images, texts, seed: int = 0, max_n: int = MAX_N, *, device: str = "auto",
+                progress=None) -> dict[str, float]:
     """Every scalar metric of this module, keys and order as in METRICS.
 
     Each value equals the standalone function called with the same seed (and max_n for the
     O(n^2) ones: uniformity_*, relative_alignment, with t = 2); linear_separability keeps its
     own default max_n = 5000 and 5 folds. The rows are streamed twice (moments, then C3
     residuals), and the Gram matrices and the max_n x max_n blocks are computed once and shared.
+    `progress(done, 4, stage)` is called as each of the four stages starts and at the end.
     """
+    step = progress or (lambda done, total, stage: None)
     x, y = _pair(images, texts)
     dev = _device(device)
+    step(0, 4, f"moments of {len(x):,} pairs")
     mo = _moments(x, y, gram=True, device=dev)
     n, sx, sy, gx, gy, cos = mo["n"], mo["sx"], mo["sy"], mo["gx"], mo["gy"], mo["cos"]
     eig_x, eig_y = _eig_desc(_covariance(sx, gx, n)), _eig_desc(_covariance(sy, gy, n))
+    step(1, 4, "C3 decomposition")
     c3 = _c3(x, y, mo, seed, eig_x, eig_y)
 
+    step(2, 4, "uniformity and relative alignment")
     idx = _subsample(n, max_n, seed)
     a, b = _rows(x, idx, "images"), _rows(y, idx, "texts")
     m = len(a)
     lse_a, lse_b = _self_logsum(a, 2.0, dev), _self_logsum(b, 2.0, dev)
     lse_ab, hardest = _cross(a, b, 2.0, dev)
+    step(3, 4, "linear separability")
 
     out = {
         "gap_length": float(np.linalg.norm((sx - sy) / n)),
@@ -656,4 +663,5 @@ def all_metrics(images, texts, seed: int = 0, max_n: int = MAX_N, *, device: str
         "vendi_joint": _exp_entropy(_eigvals_desc((gx + gy) / (2 * n))),
     }
     assert list(out) == list(METRICS)  # METRICS documents exactly these keys, in this order
+    step(4, 4, "done")
     return out

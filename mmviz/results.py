@@ -71,12 +71,13 @@ def cached_arrays(home, kind: str, parts: dict, compute: Callable[[], dict[str, 
 # the geometry of one set of embeddings
 
 
-def metrics(home, emb, seed: int = 0) -> tuple[dict[str, float], bool]:
-    """geometry.all_metrics of the embeddings' images and first captions, cached."""
+def metrics(home, emb, seed: int = 0, progress=None) -> tuple[dict[str, float], bool]:
+    """geometry.all_metrics of the embeddings' images and first captions, cached;
+    `progress(done, total, stage)` follows the computation when there is one."""
     from . import geometry
 
     return cached_json(home, "metrics", {**emb.key_parts, "seed": seed, "max_n": geometry.MAX_N},
-                       lambda: geometry.all_metrics(emb.image, emb.paired_text, seed=seed))
+                       lambda: geometry.all_metrics(emb.image, emb.paired_text, seed=seed, progress=progress))
 
 
 def cosine_histograms(home, emb, bins: int = HIST_BINS) -> tuple[dict[str, np.ndarray], bool]:

@@ -37,6 +37,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 FORMAT_VERSION = 2  # 2: vectors as .npy files, streamed content hash, row-grouped Parquet
 ROW_GROUP = 65_536  # rows per Parquet row group of pairs.parquet: a page of rows reads one group
 THUMB_GROUP = 1024  # thumbnails per row group: one thumbnail reads ~5 MB at most
+LOCK_TIMEOUT = 600  # seconds to wait for another process's commit (which removes old versions)
 
 
 def default_home() -> Path:
@@ -331,12 +332,35 @@ class Workspace:
 
     # -- writing ----------------------------------------------------------------------
 
+    def lock(self, name: str):
+        """The lock of dataset `name` (a filelock.FileLock, usable as a context manager): held,
+        by every process alike (CLI, app, torchrun ranks), while a version is committed (moved
+        into place, CURRENT swapped, old versions removed) and while the dataset is deleted, so
+        two writers never remove each other's version. Reading needs no lock: CURRENT only
+        ever names a complete version."""
+        from filelock import FileLock
+
+        folder = self.home / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(folder / f"dataset-{valid_name(name)}.lock"), timeout=LOCK_TIMEOUT)
+
     def delete(self, name: str) -> None:
-        src = self.datasets_dir / valid_name(name)
-        if not self.exists(name):
-            raise KeyError(f"no dataset named {name!r} in {self.home}")
-        trash = self.datasets_dir / f".trash-{name}-{uuid.uuid4().hex[:8]}"
-        os.rename(src, trash)  # atomic: the name disappears whole, then we clean up
+        """Remove a dataset: CURRENT goes first (the name disappears at once), then its versions.
+        An import under the same name that is running meanwhile keeps its staging folder and
+        commits afterwards, bringing the name back: the later writer wins."""
+        ds_dir = self.datasets_dir / valid_name(name)
+        with self.lock(name):
+            if not self.exists(name):
+                raise KeyError(f"no dataset named {name!r} in {self.home}")
+            trash = self.datasets_dir / f".trash-{name}-{uuid.uuid4().hex[:8]}"
+            trash.mkdir()
+            os.rename(ds_dir / "CURRENT", trash / "CURRENT")
+            for version in ds_dir.glob("v-*"):
+                os.rename(version, trash / version.name)
+            try:
+                ds_dir.rmdir()  # empty unless an import is staging there
+            except OSError:
+                pass
         shutil.rmtree(trash, ignore_errors=True)
 
     def import_path(self, path: str | os.PathLike, name: str | None = None, *, copy_images: bool | None = None,
@@ -349,14 +373,17 @@ class Workspace:
         Images from a zip are always stored in the workspace; from a local folder they are
         referenced in place unless `copy_images` is true. `source_label` replaces the path in
         the report (an upload's temporary path means nothing to the user). Precomputed vectors
-        stream straight into the new version in `vector_dtype` (default `arrays.stored_dtype()`).
+        stream straight into the new version in `vector_dtype` (default `arrays.stored_dtype`).
+
+        The slow part (reading, checking, writing the new version) runs in a private staging
+        folder; only the commit holds the dataset's lock, so concurrent imports under one name
+        each finish whole and the last commit wins, never leaving CURRENT without its version.
         """
         path = Path(path).expanduser()
-        name = valid_name(name or name_from_path(path))
+        name = valid_name(name if name is not None else name_from_path(path))
         limits = limits or ImportLimits.from_env()
         ds_dir = self.datasets_dir / name
         ds_dir.mkdir(parents=True, exist_ok=True)
-        self._clean_stale(ds_dir)
         staging = ds_dir / f".staging-{uuid.uuid4().hex[:12]}"
         staging.mkdir()
         try:
@@ -383,23 +410,34 @@ class Workspace:
                     copied = True
             shutil.rmtree(staging / "extract", ignore_errors=True)
             digest = content_hash(pset)
-            current = self._current(name)
-            if current is not None and current.name == f"v-{digest[:16]}":
-                shutil.rmtree(staging, ignore_errors=True)
-                return ImportResult(Dataset(name, current), report, "unchanged")
-            self._write_version(staging, name, pset, report, digest, copied)
             version = ds_dir / f"v-{digest[:16]}"
-            if version.exists():  # complete leftover of an import interrupted after its rename
-                shutil.rmtree(version)
-            os.rename(staging, version)
-            atomic_write_bytes(ds_dir / "CURRENT", version.name.encode())
+            self._write_version(staging, name, pset, report, digest, copied)  # whole before the commit
+            with self.lock(name):
+                current = self._current(name)
+                if current == version:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    self._clean_stale(ds_dir, keep=version.name)
+                    return ImportResult(Dataset(name, current), report, "unchanged")
+                if (version / "manifest.json").is_file():
+                    # the same content, committed by a concurrent import or left whole by one
+                    # interrupted after its rename: use it
+                    shutil.rmtree(staging, ignore_errors=True)
+                else:
+                    shutil.rmtree(version, ignore_errors=True)  # a part of one never happens; be sure
+                    os.rename(staging, version)
+                atomic_write_bytes(ds_dir / "CURRENT", version.name.encode())
+                self._clean_stale(ds_dir, keep=version.name)
+                # read while the lock is held: a later commit may replace this version at once
+                dataset = Dataset(name, version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            if self._current(name) is None and not any(ds_dir.glob("v-*")):
-                shutil.rmtree(ds_dir, ignore_errors=True)
+            with self.lock(name):
+                # a first import that failed leaves nothing, unless another one is under way
+                if (self._current(name) is None and not any(ds_dir.glob("v-*"))
+                        and not any(ds_dir.glob(".staging-*"))):
+                    shutil.rmtree(ds_dir, ignore_errors=True)
             raise
-        self._clean_stale(ds_dir, keep=version.name)
-        return ImportResult(Dataset(name, version), report, "updated" if current else "created")
+        return ImportResult(dataset, report, "updated" if current else "created")
 
     def _write_version(self, staging: Path, name: str, pset: PairedSet, report: ImportReport,
                        digest: str, copied: bool) -> None:

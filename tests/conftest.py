@@ -19,7 +19,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     for var in ("MMVIZ_MAX_PIXELS", "MMVIZ_MAX_ZIP_MEMBERS", "MMVIZ_MAX_ZIP_BYTES", "MMVIZ_MAX_UPLOAD_MB",
-                "MMVIZ_MAX_IMAGE_BYTES", "MMVIZ_LOCAL_PATHS"):
+                "MMVIZ_MAX_IMAGE_BYTES", "MMVIZ_LOCAL_PATHS", "MMVIZ_MAX_ZIP_RATIO", "MMVIZ_MAX_ARRAY_BYTES",
+                "MMVIZ_MAX_CAPTION_CHARS", "MMVIZ_VECTOR_DTYPE"):
         monkeypatch.delenv(var, raising=False)
     return home
 

@@ -40,12 +40,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp_path, home: Path):
+def start_server(tmp_path, home: Path, script: Path = ROOT / "app" / "main.py", env: dict | None = None):
+    """Streamlit running `script` (the app by default) on a free loopback port, once healthy."""
     port = free_port()
-    env = dict(os.environ, MMVIZ_HOME=str(home), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, MMVIZ_HOME=str(home), HF_HUB_OFFLINE="1", **(env or {}))
     log = open(tmp_path / "streamlit.log", "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.port", str(port),
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -141,10 +141,11 @@ def test_show_and_delete_unknown_or_invalid(home, capsys):
     assert rc == 1 and "mmviz: error: invalid dataset name '../x'" in err
 
 
-def test_invalid_import_name_is_exit_1(tmp_path, home, capsys):
+def test_invalid_import_name_is_a_usage_error(tmp_path, home, capsys):
     csv = make_table(tmp_path / "src", n=1)
-    rc, out, err = run(capsys, "--home", home, "import", csv, "--name", ".hidden")
-    assert rc == 1 and "invalid dataset name '.hidden'" in err
+    with pytest.raises(SystemExit) as e:
+        run(capsys, "--home", home, "import", csv, "--name", ".hidden")
+    assert e.value.code == 2 and "invalid dataset name '.hidden'" in capsys.readouterr().err
 
 
 def test_delete_several_keeps_going(tmp_path, home, capsys):

@@ -398,3 +398,43 @@ def test_image_tokens_of_an_earlier_layer(spec):
         with pytest.raises(ValueError, match="layer"):
             image_tokens(lm, x, layer=bad)
     assert visual.output_tokens is False
+
+
+def test_torchrun_two_processes_give_the_vectors_of_one(tmp_path, spec):
+    """`torchrun --nproc_per_node 2 -m mmviz.cli embed` (Gloo on CPU): each process embeds
+    its share into its own shards, rank 0 assembles the set, and the vectors equal one
+    process's; both processes wrote shards; a rerun computes nothing."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not installed")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    one_home, two_home = tmp_path / "one", tmp_path / "two"
+    for home in (one_home, two_home):
+        make_demo(Workspace(home), n=N)
+    args = ["embed", "shapes-demo", "--model", spec, "--workers", "0", "--batch-size", "8", "-q"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                          "-m", "mmviz.cli", "--home", str(two_home), *args],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=repo)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("shapes-demo under") == 1  # rank 0 alone reports
+    assert f"embedded {N} images" in two.stdout
+    e1 = embed(Workspace(one_home), Workspace(one_home).open("shapes-demo"), spec)
+    ws2 = Workspace(two_home)
+    e2 = embed_dataset(ws2, ws2.open("shapes-demo"), spec, workers=0, device="cpu")
+    assert e2.computed == {"images": 0, "captions": 0}  # all of it came from the two processes' shards
+    assert e2.ids == e1.ids and e2.captions == e1.captions
+    np.testing.assert_allclose(e2.image, e1.image, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(e2.text, e1.text, atol=1e-6, rtol=0)
+    # both processes wrote shards: at least two image shards though the set fits in one
+    shards = list((Path(e2.cache_path) / "image").glob("shard-*.keys.npy"))
+    assert len(shards) >= 2

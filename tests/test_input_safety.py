@@ -78,11 +78,11 @@ def test_a_stray_json_does_not_hide_a_table(tmp_path):
 def test_app_served_to_others_turns_off_local_path_import(monkeypatch, tmp_path):
     seen = {}
 
-    def fake_call(cmd, env):
+    def fake_run(cmd, env):
         seen["cmd"], seen["env"] = cmd, env
         return 0
 
-    monkeypatch.setattr(cli.app.subprocess, "call", fake_call)
+    monkeypatch.setattr(cli.app, "run_until_stopped", fake_run)
     assert cli.main(["--home", str(tmp_path), "app"]) == 0
     assert seen["cmd"][seen["cmd"].index("--server.address") + 1] == "127.0.0.1"
     assert "MMVIZ_LOCAL_PATHS" not in seen["env"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..export import TerminalSafeStream
 from ..store import Workspace
 from . import analysis, app, datasets, embedding, models, training, vqa
 from .common import EXIT_OK
@@ -27,12 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    ws = Workspace(args.home)
+    # Data reaches the terminal only with its control characters escaped (see mmviz.export).
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = TerminalSafeStream(out, "\n\t"), TerminalSafeStream(err, "\n\t\r")
     try:
+        args = build_parser().parse_args(argv)
+        ws = Workspace(args.home)
         return args.func(ws, args)
     except KeyboardInterrupt:
         print("mmviz: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `mmviz list | head`
         return EXIT_OK
+    finally:
+        sys.stdout, sys.stderr = out, err

@@ -6,7 +6,7 @@ import sys
 
 from ..data import DataFormatError
 from ..store import Workspace
-from .common import (EXIT_OK, Fail, dataset_and_model, dataset_embeddings, err, num, output_options, print_table,
+from .common import (EXIT_OK, Bar, Fail, dataset_and_model, dataset_embeddings, err, num, output_options, print_table,
                      records)
 
 
@@ -17,7 +17,11 @@ def cmd_gap(ws: Workspace, args) -> int:
         ds, emb = dataset_embeddings(ws, args, embed_missing=True)
     except Fail as e:
         return err(str(e))
-    metrics = geometry.all_metrics(emb.image, emb.paired_text, seed=args.seed)
+    from ..results import metrics as cached_metrics
+
+    bar = Bar("metrics", args.quiet or args.json, unit="stage")
+    metrics, _ = cached_metrics(ws.home, emb, seed=args.seed, progress=bar)
+    bar.close()
     if args.json:
         print(json.dumps({"dataset": ds.name, "model": emb.model, "pairs": len(emb.ids), "dim": emb.dim,
                           "metrics": metrics}, indent=2))

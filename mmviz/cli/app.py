@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ..data import ImportLimits
@@ -29,10 +31,43 @@ def cmd_app(ws: Workspace, args) -> int:
            "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.maxUploadSize", str(max_mb)]
     print(f"mmviz app on http://{args.host}:{args.port} (workspace {ws.home}); Ctrl-C stops it", file=sys.stderr)
+    return run_until_stopped(cmd, env)
+
+
+def run_until_stopped(cmd: list[str], env: dict, grace: float = 15.0) -> int:
+    """Run the server as a child and pass SIGTERM, SIGINT and SIGHUP on to it, then wait for
+    it: stopping `mmviz app` stops the server too (a plain subprocess.call left it listening,
+    a child of PID 1, after a SIGTERM). A server that ignores the signal is killed after
+    `grace` seconds. Returns the server's exit status (128 + signal when a signal ended it)."""
+    proc = subprocess.Popen(cmd, env=env)
+    kill_at = []  # when the server, asked to stop, is killed if still running
+
+    def forward(signum, frame):
+        if proc.poll() is None:
+            proc.send_signal(signum)
+            kill_at.append(time.monotonic() + grace)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in handled}
     try:
-        return subprocess.call(cmd, env=env)
-    except KeyboardInterrupt:
-        return 130
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if kill_at and time.monotonic() > kill_at[0]:
+                    proc.kill()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if proc.poll() is None:  # an exception here (not a signal): do not leave it behind
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 128 - code if code < 0 else code
 
 
 def register(sub) -> None:

@@ -18,24 +18,33 @@ def err(msg: str) -> int:
 
 
 class Bar:
-    """tqdm progress bar on stderr (rate and ETA), silent when stderr is not a terminal."""
+    """tqdm progress bar on stderr (rate and ETA), silent when stderr is not a terminal.
+    Called as progress(done, total) or progress(done, total, stage): a new stage (or a new
+    total) starts a new bar named after it."""
 
-    def __init__(self, desc: str, quiet: bool):
-        self.desc, self.quiet, self.bar = desc, quiet, None
+    def __init__(self, desc: str, quiet: bool, unit: str = "img"):
+        self.desc, self.quiet, self.unit, self.bar, self.stage = desc, quiet, unit, None, None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, stage: str | None = None) -> None:
         if self.quiet:
             return
+        if self.bar is not None and total != self.bar.total:
+            self.close()
+        elif self.bar is not None and stage != self.stage:  # the next stage of one job: rename the bar
+            self.stage = stage
+            self.bar.set_description(f"{self.desc}: {stage}")
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=self.desc, unit="img", file=sys.stderr,
-                            disable=not sys.stderr.isatty() and not os.environ.get("MMVIZ_PROGRESS"))
+            self.stage = stage
+            self.bar = tqdm(total=total, desc=f"{self.desc}: {stage}" if stage else self.desc, unit=self.unit,
+                            file=sys.stderr, disable=not sys.stderr.isatty() and not os.environ.get("MMVIZ_PROGRESS"))
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 class Fail(Exception):
     """A command cannot go on: the message is for the user (exit 1)."""

@@ -1,22 +1,34 @@
 """mmviz import, list, show, delete: the workspace's datasets."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
+import numpy as np
+
 from ..data import DataFormatError, ImportLimits
-from ..store import Workspace
+from ..store import Workspace, valid_name
 from .common import EXIT_OK, Bar, err, output_options, print_table
 
 
+def dataset_name(value: str) -> str:
+    """--name as given: an empty or invalid name is a usage error (exit 2), never the path's."""
+    try:
+        return valid_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_import(ws: Workspace, args) -> int:
-    bar = Bar("checking images", args.quiet)
+    bar = Bar("importing", args.quiet, unit="row")
     try:
         limits = ImportLimits.from_env()
         if args.max_pixels:
             limits.max_pixels = args.max_pixels
         res = ws.import_path(args.path, args.name, copy_images=args.copy, images_dir=args.images,
-                             captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar)
+                             captions_file=args.captions, model_name=args.model_name, limits=limits, progress=bar,
+                             vector_dtype=args.vector_dtype)
     except (DataFormatError, ValueError, OSError) as e:  # OSError: unreadable file, disk full, ...
         return err(str(e))
     finally:
@@ -60,6 +72,12 @@ def cmd_show(ws: Workspace, args) -> int:
     if args.json:
         print(json.dumps(m, indent=2))
         return EXIT_OK
+    if args.csv:  # the first --rows rows as the app's downloads write them, formulas escaped
+        from ..export import to_csv
+
+        rows = ds.rows(np.arange(min(args.rows, len(ds))))
+        sys.stdout.write(to_csv(rows.drop(columns=["image_sha256"], errors="ignore")))
+        return EXIT_OK
     print(f"name:      {m['name']}")
     print(f"source:    {m['source']} ({m['format']})")
     print(f"pairs:     {m['pairs']} ({m['captions']} captions, {m['images']} images, {m['images_stored']})")
@@ -76,10 +94,10 @@ def cmd_show(ws: Workspace, args) -> int:
     if args.skipped:
         for s in rep.skipped:
             print(f"  skipped {s}")
-    t = ds.table()
     if args.rows:
+        rows = ds.rows(np.arange(min(args.rows, len(ds))))
         print()
-        for _, row in t.head(args.rows).iterrows():
+        for _, row in rows.iterrows():
             caps = " | ".join(row["captions"])
             print(f"{row['id']}\t{caps}")
     return EXIT_OK
@@ -103,12 +121,15 @@ def register(sub) -> None:
                                    "clip-retrieval output), a .zip of any of these, a COCO captions JSON, a "
                                    "CSV/TSV/JSONL/Parquet table, or .npy/.npz vectors. Bad rows are skipped and listed.")
     s.add_argument("path", help="file or folder to import")
-    s.add_argument("--name", help="dataset name (default: from the path)")
+    s.add_argument("--name", type=dataset_name, help="dataset name (default: from the path)")
     s.add_argument("--copy", action="store_true", help="copy images into the workspace (zips always are)")
     s.add_argument("--images", metavar="DIR", help="image folder for a COCO JSON or a table")
     s.add_argument("--captions", metavar="FILE", help="captions for .npy/.npz vectors (.txt one per line, or a table)")
     s.add_argument("--model-name", help="name of the model that made precomputed vectors")
     s.add_argument("--max-pixels", type=int, help="refuse images with more pixels (default 89,478,485)")
+    s.add_argument("--vector-dtype", choices=("auto", "float16", "float32"),
+                   help="how precomputed vectors are stored (default: $MMVIZ_VECTOR_DTYPE or auto: float16 "
+                        "when they would take over 1 GiB as float32)")
     s.add_argument("-v", "--verbose", action="store_true", help="list every skipped row")
     output_options(s, None, "no progress bar")
     s.set_defaults(func=cmd_import)
@@ -121,6 +142,7 @@ def register(sub) -> None:
     s.add_argument("name")
     s.add_argument("--rows", type=int, default=5, help="how many pairs to print (default 5)")
     s.add_argument("--skipped", action="store_true", help="list every row skipped at import")
+    s.add_argument("--csv", action="store_true", help="write the first --rows pairs as CSV to stdout")
     output_options(s, "print the manifest as JSON", None)
     s.set_defaults(func=cmd_show)
 

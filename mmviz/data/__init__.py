@@ -12,7 +12,7 @@ Modules: `base` (the set, the report, limits), `images` (checking one image), `b
 from .archives import safe_extract_zip
 from .base import (CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, REASONS, DataFormatError, ImageMeta, ImportLimits,
                    ImportReport, PairedSet, Progress, SkippedRow, _pick, read_text)
-from .images import check_image
+from .images import check_image, pillow_pixel_limit
 from .loading import copy_tree_files, detect_format, load
 from .tables import _read_records, load_coco, load_imagefolder, load_sidecar_folder, load_table
 from .vectors import load_clip_retrieval, load_vectors

@@ -10,6 +10,17 @@ from pathlib import Path, PurePosixPath
 from .base import _JUNK_NAMES, DataFormatError, ImportLimits
 
 
+def check_ratio(info: zipfile.ZipInfo, limits: ImportLimits, path, what: str) -> None:
+    """Refuse a zip member that inflates more than limits.max_zip_ratio times (a bomb: zeros
+    compress ~1000:1; images, vectors and text far less), before inflating it."""
+    ratio = info.file_size / max(info.compress_size, 1)
+    if info.file_size > 2**20 and ratio > limits.max_zip_ratio:
+        raise DataFormatError(path, f"{what} inflates {ratio:,.0f} times ({info.compress_size:,} to "
+                                    f"{info.file_size:,} bytes), a zip bomb",
+                              f"members that compress less (raise MMVIZ_MAX_ZIP_RATIO, now {limits.max_zip_ratio}, "
+                              "if this archive is trusted)")
+
+
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
     return stat.S_ISLNK(info.external_attr >> 16)
 
@@ -43,6 +54,7 @@ def safe_extract_zip(path: Path, dest: Path, limits: ImportLimits | None = None)
                     raise DataFormatError(path, f"member {info.filename!r} is a symbolic link", "plain files and folders")
                 if info.flag_bits & 0x1:
                     raise DataFormatError(path, f"member {info.filename!r} is encrypted", "an archive without a password")
+                check_ratio(info, limits, path, f"member {info.filename!r}")
                 if not parts or info.is_dir() or parts[0] == "__MACOSX" or parts[-1] in _JUNK_NAMES or parts[-1].startswith("._"):
                     continue
                 members.append((info, parts))

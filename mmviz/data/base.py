@@ -28,19 +28,27 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class ImportLimits:
-    """Bounds on untrusted input. Defaults suit a laptop; raise them for big trusted sets."""
+    """Bounds on untrusted input, each checked before the data it bounds is read. Defaults
+    suit a laptop; raise them (environment variables MMVIZ_<NAME>) for big trusted sets."""
 
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold (~89.5 MP)
+    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold (~89.5 MP); governs Pillow's too
     max_zip_members: int = 200_000
-    max_zip_bytes: int = 8 * 2**30  # total uncompressed size of a zip
+    max_zip_bytes: int = 8 * 2**30  # total uncompressed size of a zip, nested .npz members included
+    max_zip_ratio: int = 200  # uncompressed / compressed size of one zip member: more is a bomb
     max_upload_mb: int = 2048  # what the app's uploader accepts
     max_image_bytes: int = 256 * 2**20  # one image file; bounds memory before Pillow sees it
+    max_array_bytes: int | None = None  # one array of a .npy/.npz; None: what the disk (and memory) can hold
+    max_caption_chars: int = 10_000  # a longer caption is skipped and listed
     confine_to: Path | None = None  # image paths must resolve inside this folder (set for zips)
+    zip_budget_left: int | None = None  # of max_zip_bytes, after extracting the archive (set for zips)
+
+    ENV = ("max_pixels", "max_zip_members", "max_zip_bytes", "max_zip_ratio", "max_upload_mb", "max_image_bytes",
+           "max_array_bytes", "max_caption_chars")
 
     @classmethod
     def from_env(cls) -> "ImportLimits":
         lim = cls()
-        for name in ("max_pixels", "max_zip_members", "max_zip_bytes", "max_upload_mb", "max_image_bytes"):
+        for name in cls.ENV:
             var = f"MMVIZ_{name.upper()}"
             value = os.environ.get(var)
             if value:
@@ -66,6 +74,7 @@ REASONS = (
     "unreadable image",
     "image too large",
     "empty caption",
+    "caption too long",
     "duplicate id",
     "wrong shape",
     "non-finite vector",
@@ -200,9 +209,24 @@ def _split_lines(text: str) -> list[str]:
     return lines
 
 def _clean_caption(value) -> str:
+    """A caption cell as text: NUL characters dropped (a caption of only NULs is empty),
+    surrounding whitespace stripped."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
-    return str(value).strip()
+    return str(value).replace("\x00", "").strip()
+
+
+def usable_captions(captions: list[str], where: str, report: "ImportReport", max_chars: int) -> list[str]:
+    """The non-empty captions of one row within max_chars; each longer one is skipped and
+    listed (it would flood every page and terminal that shows it)."""
+    out = []
+    for c in captions:
+        if len(c) > max_chars:
+            report.skip(where, "caption too long", f"{len(c):,} characters > limit {max_chars:,}; "
+                                                   "raise MMVIZ_MAX_CAPTION_CHARS to allow")
+        elif c:
+            out.append(c)
+    return out
 
 
 def _as_caption_list(value) -> list[str]:

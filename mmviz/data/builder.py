@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import ImportLimits, ImportReport, PairedSet, Progress
+from .base import ImportLimits, ImportReport, PairedSet, Progress, usable_captions
 from .images import check_image
 
 
@@ -12,15 +12,19 @@ class _Builder:
     """Collects rows keyed by id, merging extra captions for an id that reappears with the
     same image, skipping an id that reappears with a different one."""
 
-    def __init__(self, report: ImportReport, root: Path | None):
+    def __init__(self, report: ImportReport, root: Path | None, limits: ImportLimits | None = None):
         self.report = report
         self.root = root
+        self.max_caption_chars = (limits or ImportLimits()).max_caption_chars
         self.order: list[str] = []
         self.rows: dict[str, dict] = {}
 
     def add(self, where: str, id_: str, image, captions: list[str], extras: dict | None = None,
             merge_same_image: bool = True) -> None:
-        captions = [c for c in captions if c]
+        given = [c for c in captions if c]
+        captions = usable_captions(given, where, self.report, self.max_caption_chars)
+        if given and not captions:
+            return  # every caption was too long: skipped and listed already
         if id_ in self.rows:
             row = self.rows[id_]
             if merge_same_image and row["image"] == image:

@@ -4,9 +4,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import warnings
 from pathlib import Path
 
 from .base import THUMBNAIL_SIZE, ImageMeta, ImportLimits
+
+def pillow_pixel_limit(max_pixels: int) -> None:
+    """Make Pillow's own decompression-bomb limit follow mmviz's (MMVIZ_MAX_PIXELS): Pillow
+    refuses images over twice Image.MAX_IMAGE_PIXELS on open, with a message that names no
+    file, and a higher MMVIZ_MAX_PIXELS must lift it too. mmviz checks its own bound first."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS != max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
 
 def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta | None, str, str]:
     """Open, bound and fully decode an image; return (meta, "", "") or (None, reason, detail).
@@ -34,9 +46,13 @@ def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta |
         return None, "missing file", f"{str(source)!r} is not a valid file path"
     except OSError as e:
         return None, "unreadable image", f"{source}: {e.strerror or e}"
+    pillow_pixel_limit(limits.max_pixels)
     try:
-        # Our own bound replaces Pillow's global one (which only warns below 2x).
-        with Image.open(io.BytesIO(data)) as im:
+        # Our own bound, checked first, replaces Pillow's warning between 1x and 2x its limit.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             w, h = im.size
             if w * h > limits.max_pixels:
                 return None, "image too large", (
@@ -49,8 +65,11 @@ def check_image(source: Path | bytes, limits: ImportLimits) -> tuple[ImageMeta |
             im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
-    except Image.DecompressionBombError as e:
-        return None, "image too large", str(e)
+    except Image.DecompressionBombError as e:  # over twice the limit: Pillow refused on open
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        what = f"{int(pixels.group(1)):,} pixels" if pixels else "its pixel count"
+        return None, "image too large", (f"{_label(source)}: {what} > limit {limits.max_pixels:,}; "
+                                         "raise MMVIZ_MAX_PIXELS to allow")
     except UnidentifiedImageError:
         return None, "unreadable image", f"{_label(source)}: not an image format Pillow recognises"
     except (OSError, SyntaxError, ValueError) as e:

@@ -101,7 +101,9 @@ def load(path: str | os.PathLike, *, extract_to: Path | None = None, images_dir:
 
         dest = Path(extract_to) if extract_to else Path(tempfile.mkdtemp(prefix="mmviz-zip-"))
         root = safe_extract_zip(path, dest, limits)
-        limits = dataclasses.replace(limits, confine_to=dest)
+        extracted = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+        # what is inside (an .npz is itself a zip) inflates within what is left of the budget
+        limits = dataclasses.replace(limits, confine_to=dest, zip_budget_left=limits.max_zip_bytes - extracted)
         try:
             pset, report = load(root, images_dir=images_dir, captions_file=captions_file,
                                 model_name=model_name or f"precomputed:{path.stem}", limits=limits, progress=progress,
@@ -119,7 +121,7 @@ def load(path: str | os.PathLike, *, extract_to: Path | None = None, images_dir:
         return load_table(table, limits, progress, root=images_dir)
     if kind == "vectors":
         vec = path if path.is_file() else _single(path, VECTOR_EXTENSIONS, "vector")
-        return load_vectors(vec, captions_file, model_name, progress, vectors_dir, vector_dtype)
+        return load_vectors(vec, captions_file, model_name, progress, vectors_dir, vector_dtype, limits)
     if kind == "clip-retrieval":
         return load_clip_retrieval(path, model_name, limits, progress, vectors_dir, vector_dtype)
     if kind == "imagefolder":

@@ -86,7 +86,7 @@ def _image_ref(value):
 
 
 def _table_to_builder(records: list[tuple[str, dict]], path: Path, report: ImportReport, root: Path,
-                      image_candidates=IMAGE_COLUMNS) -> _Builder:
+                      image_candidates=IMAGE_COLUMNS, limits: ImportLimits | None = None) -> _Builder:
     columns: list[str] = []
     for _, rec in records[:1000]:
         columns.extend(k for k in rec if k not in columns)
@@ -99,7 +99,7 @@ def _table_to_builder(records: list[tuple[str, dict]], path: Path, report: Impor
                               f"({', '.join(CAPTION_COLUMNS[:3])})")
     id_col = _pick(columns, tuple(c for c in ID_COLUMNS if c != image_col.lower()))
     extra_cols = [c for c in columns if c not in (image_col, caption_col, id_col)]
-    b = _Builder(report, root)
+    b = _Builder(report, root, limits)
     for where, rec in records:
         image = _image_ref(rec.get(image_col))
         if image is None:
@@ -129,7 +129,7 @@ def load_table(path: Path, limits: ImportLimits | None = None, progress: Progres
     path = Path(path)
     report = ImportReport(str(path), fmt)
     records = _read_records(path, report)
-    b = _table_to_builder(records, path, report, root or path.parent)
+    b = _table_to_builder(records, path, report, root or path.parent, limits=limits)
     return b.build(limits, progress), report
 
 
@@ -173,7 +173,7 @@ def load_imagefolder(folder: Path, limits: ImportLimits | None = None,
             if isinstance(fname, str) and fname.strip():
                 rec["file_name"] = prefix + fname.strip().replace("\\", "/")
             records.append((where, rec))
-    b = _table_to_builder(records, files[0][0], report, folder, image_candidates=("file_name",))
+    b = _table_to_builder(records, files[0][0], report, folder, image_candidates=("file_name",), limits=limits)
     return b.build(limits, progress), report
 
 
@@ -182,7 +182,7 @@ def load_sidecar_folder(folder: Path, limits: ImportLimits | None = None,
     """Images with a same-named .txt caption file beside each (one caption per line)."""
     folder = Path(folder)
     report = ImportReport(str(folder), "images+txt")
-    b = _Builder(report, folder)
+    b = _Builder(report, folder, limits)
     for img in sorted((p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS),
                       key=lambda p: _natural_key(str(p))):
         rel = img.relative_to(folder).as_posix()
@@ -190,7 +190,7 @@ def load_sidecar_folder(folder: Path, limits: ImportLimits | None = None,
         if not txt.is_file():
             report.skip(rel, "empty caption", f"no {txt.name} beside the image")
             continue
-        caps = [c.strip() for c in _split_lines(read_text(txt, report))]
+        caps = [_clean_caption(c) for c in _split_lines(read_text(txt, report))]
         b.add(rel, rel, rel, caps)
     return b.build(limits, progress), report
 
@@ -233,18 +233,25 @@ def load_coco(json_path: Path, images_dir: Path | None = None, limits: ImportLim
         raise DataFormatError(json_path, "no 'images' and 'annotations' lists",
                               "COCO caption annotations: {'images': [{id, file_name}], 'annotations': [{image_id, caption}]}")
     caps: dict[str, list[str]] = {}
+    first_ann: dict[str, int] = {}
     for k, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann:
             report.skip(f"{json_path.name} annotation {k}", "bad row", "no image_id")
             continue
         caps.setdefault(str(ann["image_id"]), []).append(_clean_caption(ann.get("caption")))
+        first_ann.setdefault(str(ann["image_id"]), k)
+    known = {str(im["id"]) for im in doc["images"] if isinstance(im, dict) and "id" in im}
+    for id_ in caps.keys() - known:  # captions of no listed image: say so rather than drop them
+        n = len(caps[id_])
+        report.skip(f"{json_path.name} annotation {first_ann[id_]}", "bad row",
+                    f"image_id {id_} is not among the file's images ({n} caption{'s' * (n > 1)})")
     file_names = [str(im.get("file_name", "")) for im in doc["images"] if isinstance(im, dict)]
     root = Path(images_dir) if images_dir else _coco_image_root(json_path, file_names)
     if root is None:
         root = json_path.parent
         report.warnings.append(f"no folder next to {json_path.name} holds the listed images; "
                                "pass the image folder explicitly (mmviz import ... --images DIR)")
-    b = _Builder(report, root)
+    b = _Builder(report, root, limits)
     skip_keys = {"id", "file_name", "coco_url", "flickr_url", "license", "date_captured"}
     for k, im in enumerate(doc["images"]):
         where = f"{json_path.name} image {k}"
@@ -261,5 +268,3 @@ def load_coco(json_path: Path, images_dir: Path | None = None, limits: ImportLim
     return b.build(limits, progress), report
 
 
-# ----------------------------------------------------------------------------------------
-# precomputed vectors

@@ -17,10 +17,12 @@ from typing import IO, Callable
 
 import numpy as np
 
-from ..arrays import (NpyHeader, NpyWriter, RowStream, check_complete, ensure_free, open_array, read_header,
-                      rows_per_chunk, stored_dtype)
+from ..arrays import (NpyHeader, NpyWriter, RowStream, available_memory, check_complete, check_size, ensure_free,
+                      free_bytes, open_array, read_header, rows_per_chunk, stored_dtype)
 from .base import (CAPTION_COLUMNS, ID_COLUMNS, IMAGE_COLUMNS, DataFormatError, ImportLimits, ImportReport,
-                   PairedSet, Progress, _as_caption_list, _as_str, _natural_key, _pick, _split_lines, read_text)
+                   PairedSet, Progress, _as_caption_list, _as_str, _clean_caption, _natural_key, _pick, _split_lines,
+                   read_text, usable_captions)
+from .archives import check_ratio
 from .images import check_image
 from .tables import _image_ref, _read_records
 
@@ -28,6 +30,7 @@ IMAGE_KEYS = ("image", "images", "img", "image_embeddings", "image_embeds", "img
 TEXT_KEYS = ("text", "texts", "txt", "text_embeddings", "text_embeds", "text_emb", "text_features", "y")
 SHAPE_HELP = ("an array of shape (2, N, D) (0 = images, 1 = texts) or an .npz with image and text arrays of "
               "shape (N, D)")
+IMPORT_CHUNK_BYTES = 8 * 2**20  # rows read at a time: with their copies, tens of MB in all
 MAX_SIDE_ARRAY_BYTES = 4 * 2**30  # ids / captions arrays of an .npz are read whole: bound them first
 
 
@@ -76,9 +79,21 @@ class _ArrayRows:
         pass
 
 
-def _npy_header(path: Path) -> NpyHeader:
+def _array_limit(limits: ImportLimits, vectors_dir: Path | None) -> tuple[int, str]:
+    """(bytes one array may declare, why): MMVIZ_MAX_ARRAY_BYTES, else what the disk the vectors
+    stream to can hold, else (vectors kept in memory) half of the available memory."""
+    if limits.max_array_bytes:
+        return limits.max_array_bytes, "MMVIZ_MAX_ARRAY_BYTES"
+    if vectors_dir is not None:
+        return free_bytes(vectors_dir), f"the free disk space at {vectors_dir}"
+    return available_memory() // 2, "half of the available memory"
+
+
+def _npy_header(path: Path, limit: tuple[int, str] | None = None) -> NpyHeader:
     with open(path, "rb") as f:
         header = read_header(f, path)
+    if limit is not None:
+        check_size(header, limit[0], path, limit[1])
     check_complete(header, path.stat().st_size - header.offset, path)
     return header
 
@@ -87,24 +102,33 @@ def _file_opener(path: Path) -> Callable[[], IO[bytes]]:
     return lambda: open(path, "rb")
 
 
-def _npz_members(path: Path) -> dict[str, tuple[NpyHeader, Callable[[], IO[bytes]]]]:
-    """Every .npy member of an .npz: its header (read, not its data) and how to open it."""
+def _npz_members(path: Path, limits: ImportLimits, limit: tuple[int, str]
+                 ) -> dict[str, tuple[NpyHeader, Callable[[], IO[bytes]]]]:
+    """Every .npy member of an .npz: its header (read, not its data) and how to open it. Each
+    member's declared size, compression ratio and (for an .npz from an uploaded zip) the
+    archive's remaining budget are checked before anything is inflated."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise DataFormatError(path, f"not a NumPy file ({e})", ".npy or .npz written by NumPy") from e
     out = {}
     with zf:
-        for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
+        infos = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+        inflated = sum(i.file_size for i in infos)
+        if limits.zip_budget_left is not None and inflated > limits.zip_budget_left:
+            raise DataFormatError(path, f"its arrays inflate to {inflated:,} bytes, over what is left of the zip's "
+                                        f"budget ({max(limits.zip_budget_left, 0):,} bytes)",
+                                  "a smaller archive (or raise MMVIZ_MAX_ZIP_BYTES)")
+        for info in infos:
             key = info.filename[:-4]
             label = f"{path}[{key}]"
+            check_ratio(info, limits, label, "this array")
             try:
                 with zf.open(info) as f:
                     header = read_header(f, label)
             except (zipfile.BadZipFile, EOFError) as e:
                 raise DataFormatError(path, f"member {key!r} is unreadable ({e})", ".npz written by NumPy") from e
+            check_size(header, limit[0], label, limit[1])
             check_complete(header, info.file_size - header.offset, label)
 
             def opener(name=info.filename):
@@ -153,15 +177,17 @@ def _read_side_array(path: Path, key: str, header: NpyHeader, opener) -> np.ndar
                                   "plain arrays saved with numpy.savez") from e
 
 
-def _vector_blocks(path: Path) -> tuple[_Block, _Block, dict[str, np.ndarray]]:
+def _vector_blocks(path: Path, limits: ImportLimits, vectors_dir: Path | None
+                   ) -> tuple[_Block, _Block, dict[str, np.ndarray]]:
     """(image block, text block, other small arrays) of a .npy (2, N, D) or an .npz."""
+    limit = _array_limit(limits, vectors_dir)
     if path.suffix.lower() == ".npy":
-        header = _npy_header(path)
+        header = _npy_header(path, limit)
         if len(header.shape) != 3 or header.shape[0] != 2:
             raise DataFormatError(path, f"array has shape {header.shape}", SHAPE_HELP)
         _check_numeric(path, "array", header.dtype)
         return _Block(_file_opener(path), header, 0, path), _Block(_file_opener(path), header, 1, path), {}
-    members = _npz_members(path)
+    members = _npz_members(path, limits, limit)
     img_key, txt_key = _pick(members, IMAGE_KEYS), _pick(members, TEXT_KEYS)
     if img_key is None or txt_key is None:
         three = [k for k, (h, _) in members.items() if len(h.shape) == 3 and h.shape[0] == 2]
@@ -198,8 +224,10 @@ class _VectorRows:
     ids, captions and extras. A row is skipped for a non-finite or zero vector, an id seen
     before, or no caption, in that order (the same rules as the row-by-row loaders)."""
 
-    def __init__(self, report: ImportReport, dim: int, vectors_dir: Path | None, dtype=None, rows: int = 0):
+    def __init__(self, report: ImportReport, dim: int, vectors_dir: Path | None, dtype=None, rows: int = 0,
+                 max_caption_chars: int = ImportLimits.max_caption_chars):
         self.report, self.dim, self.dir = report, dim, vectors_dir
+        self.max_caption_chars = max_caption_chars
         self.ids: list[str] = []
         self.captions: list[list[str]] = []
         self.images: list = []
@@ -225,27 +253,35 @@ class _VectorRows:
                 self.report.skip(f"{source} row {first + i}", "wrong shape",
                                  f"expected {self.dim}-d vectors, got ({img.shape[1]},) and ({txt.shape[1]},)")
             return
-        a, t = np.asarray(img, dtype=np.float64), np.asarray(txt, dtype=np.float64)
-        na, nt = np.sqrt(np.einsum("ij,ij->i", a, a)), np.sqrt(np.einsum("ij,ij->i", t, t))
-        finite = np.isfinite(na) & np.isfinite(nt)  # NaN or inf anywhere in a row makes its norm so
-        nonzero = (na != 0) & (nt != 0)
-        keep = []
+        # float64 norms (a float32 sum of squares can overflow), rows scaled in their own precision
+        work = np.float64 if np.float64 in (img.dtype, txt.dtype) else np.float32
+        a, t = np.asarray(img, dtype=work), np.asarray(txt, dtype=work)
+        na = np.sqrt(np.einsum("ij,ij->i", a, a, dtype=np.float64))
+        nt = np.sqrt(np.einsum("ij,ij->i", t, t, dtype=np.float64))
+        finite = (np.isfinite(na) & np.isfinite(nt)).tolist()  # NaN or inf anywhere in a row makes its norm so
+        nonzero = ((na != 0) & (nt != 0)).tolist()  # plain lists: indexing them per row is 10x cheaper
+        keep, seen, kept_ids, kept_caps = [], self.seen, self.ids, self.captions
         for i in range(n):
             if not finite[i]:
                 self.report.skip(f"{source} row {first + i}", "non-finite vector",
                                  "NaN or inf in the image or text vector")
             elif not nonzero[i]:
                 self.report.skip(f"{source} row {first + i}", "zero vector", "a zero vector has no direction")
-            elif ids[i] in self.seen:
+            elif ids[i] in seen:
                 self.report.skip(f"{source} row {first + i}", "duplicate id",
                                  f"id {ids[i]!r} already used by an earlier row")
             else:
-                self.seen.add(ids[i])
-                caps = [c for c in captions[i] if c]
+                seen.add(ids[i])
+                caps = captions[i]
+                if not all(caps) or max(map(len, caps), default=0) > self.max_caption_chars:
+                    given = [c for c in caps if c]
+                    caps = usable_captions(given, f"{source} row {first + i}", self.report, self.max_caption_chars)
+                    if given and not caps:
+                        continue  # only too-long captions: skipped and listed already
                 if caps:
                     keep.append(i)
-                    self.ids.append(ids[i])
-                    self.captions.append(caps)
+                    kept_ids.append(ids[i])
+                    kept_caps.append(caps)
                 else:
                     self.empty.append(f"{source} row {first + i}")
         if not keep:
@@ -257,7 +293,8 @@ class _VectorRows:
         for col in self.extras.values():  # ... and a column missing from it is None here
             col.extend([None] * (len(self.ids) - len(col)))
         k = np.asarray(keep)
-        out = ((a[k] / na[k, None]).astype(np.float32), (t[k] / nt[k, None]).astype(np.float32))
+        out = ((a[k] / na[k, None].astype(work)).astype(np.float32, copy=False),
+               (t[k] / nt[k, None].astype(work)).astype(np.float32, copy=False))
         for m in (0, 1):
             if self.dir is not None:
                 self.writers[m].append(out[m])
@@ -290,7 +327,7 @@ def _stream_pairs(rows: _VectorRows, where: str, img: _Block, txt: _Block, ids: 
                   images: list | None = None, extras: dict[str, list] | None = None,
                   progress: Progress | None = None, done: int = 0, total: int = 0) -> int:
     """Feed one pair of blocks through `rows`, chunk by chunk; returns rows done so far."""
-    step = rows_per_chunk(img.dim, 8)  # chunks are widened to float64 for the checks
+    step = rows_per_chunk(img.dim, 4, IMPORT_CHUNK_BYTES)
     si, st = img.stream(), txt.stream()
     try:
         for s in range(0, img.rows, step):
@@ -319,7 +356,7 @@ def _check_disk(vectors_dir: Path | None, rows: int, dim: int, source: Path, dty
 def _read_captions_file(path: Path, report: ImportReport) -> tuple[list[list[str]], list[str] | None]:
     """Captions for vector rows: .txt (one per line) or a table with a caption column."""
     if path.suffix.lower() == ".txt":
-        return [[line.strip()] for line in _split_lines(read_text(path, report))], None
+        return [[_clean_caption(line)] for line in _split_lines(read_text(path, report))], None
     records = _read_records(path, report)
     cols = list(records[0][1]) if records else []
     cap = _pick(cols, CAPTION_COLUMNS)
@@ -341,20 +378,21 @@ def _sidecar_captions(path: Path) -> Path | None:
 
 def load_vectors(path: Path, captions_file: Path | None = None, model_name: str | None = None,
                  progress: Progress | None = None, vectors_dir: Path | None = None,
-                 vector_dtype: str | None = None) -> tuple[PairedSet, ImportReport]:
+                 vector_dtype: str | None = None, limits: ImportLimits | None = None) -> tuple[PairedSet, ImportReport]:
     """Precomputed embeddings: `.npy` of shape (2, N, D) or `.npz` with image and text arrays
     (optional `ids`, `captions` string arrays), plus an optional captions file (.txt one per
     line, or a table) given or found beside it (same stem). Vectors are L2-normalised."""
     path = Path(path)
     report = ImportReport(str(path), "vectors")
-    img, txt, other = _vector_blocks(path)
+    limits = limits or ImportLimits()
+    img, txt, other = _vector_blocks(path, limits, vectors_dir)
     n = img.rows
     ids = [str(i) for i in range(n)]
     captions: list[list[str]] = [[f"pair {i}"] for i in range(n)]
     if "ids" in other and other["ids"].shape == (n,):
         ids = [_as_str(x) for x in other["ids"]]
     if "captions" in other and other["captions"].shape == (n,):
-        captions = [[_as_str(c).strip()] for c in other["captions"]]
+        captions = [[_clean_caption(_as_str(c))] for c in other["captions"]]
     captions_file = Path(captions_file) if captions_file else _sidecar_captions(path)
     if captions_file is not None:
         caps, cap_ids = _read_captions_file(captions_file, report)
@@ -367,7 +405,7 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
         report.warnings.append(f"no captions for {path.name}; pairs are labelled 'pair i'. "
                                f"Put captions in {path.stem}.txt (one per line) beside it to see them.")
     _check_disk(vectors_dir, n, img.dim, path, vector_dtype)
-    rows = _VectorRows(report, img.dim, vectors_dir, vector_dtype, n)
+    rows = _VectorRows(report, img.dim, vectors_dir, vector_dtype, n, limits.max_caption_chars)
     try:
         _stream_pairs(rows, path.name, img, txt, ids, captions, progress=progress, total=n)
     except BaseException:
@@ -376,9 +414,9 @@ def load_vectors(path: Path, captions_file: Path | None = None, model_name: str 
     return rows.finish(None, model_name or f"precomputed:{path.stem}"), report
 
 
-def _shard_block(path: Path) -> _Block:
+def _shard_block(path: Path, limit: tuple[int, str]) -> _Block:
     try:
-        header = _npy_header(path)
+        header = _npy_header(path, limit)
     except DataFormatError as e:
         raise DataFormatError(path, f"unreadable shard ({e.problem})", "a .npy array of shape (N, D)") from e
     except OSError as e:
@@ -410,6 +448,8 @@ def load_clip_retrieval(folder: Path, model_name: str | None = None, limits: Imp
     `metadata/metadata_K.parquet` shards, paired row by row across the three, shard by shard."""
     folder = Path(folder)
     report = ImportReport(str(folder), "clip-retrieval")
+    limits = limits or ImportLimits()
+    limit = _array_limit(limits, vectors_dir)
     img_files = sorted((folder / "img_emb").glob("*.npy"), key=lambda p: _natural_key(p.name))
     txt_files = sorted((folder / "text_emb").glob("*.npy"), key=lambda p: _natural_key(p.name))
     meta_files = sorted((folder / "metadata").glob("*.parquet"), key=lambda p: _natural_key(p.name))
@@ -418,14 +458,14 @@ def load_clip_retrieval(folder: Path, model_name: str | None = None, limits: Imp
         raise DataFormatError(folder, f"{len(img_files)} image, {len(txt_files)} text and {len(meta_files)} metadata shards", expected)
     blocks = []
     for fi, ft in zip(img_files, txt_files):  # check every header before writing anything
-        bi, bt = _shard_block(fi), _shard_block(ft)
+        bi, bt = _shard_block(fi, limit), _shard_block(ft, limit)
         if bi.rows != bt.rows or bi.dim != bt.dim:
             raise DataFormatError(fi, f"shape {bi.header.shape} does not pair with {ft.name} {bt.header.shape}",
                                   "image and text shards of shape (N, D) with the same N")
         blocks.append((bi, bt))
     total, dim = sum(b.rows for b, _ in blocks), blocks[0][0].dim
     _check_disk(vectors_dir, total, dim, folder, vector_dtype)
-    rows = _VectorRows(report, dim, vectors_dir, vector_dtype, total)
+    rows = _VectorRows(report, dim, vectors_dir, vector_dtype, total, limits.max_caption_chars)
     offset = done = 0
     try:
         for k, (bi, bt) in enumerate(blocks):

@@ -41,12 +41,13 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def setup_from_env(device_preference: str | None = None):
+def setup_from_env(device_preference: str | None = None, timeout=None):
     """Initialise torch.distributed when launched by torchrun (env WORLD_SIZE > 1): NCCL with
     one GPU per process (cuda:LOCAL_RANK) when CUDA is available and not declined by
     device_preference="cpu", else Gloo on CPU. Returns (rank, world_size, device). Without
     torchrun it does nothing and returns (0, 1, device): device_preference if given, else cuda
-    when available, else cpu."""
+    when available, else cpu. `timeout` (a timedelta) bounds each collective call, barriers
+    included: a job whose processes wait long for each other (embedding) raises it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() and (device_preference is None or str(device_preference).startswith("cuda"))
     if world_size <= 1:
@@ -60,7 +61,8 @@ def setup_from_env(device_preference: str | None = None):
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")  # env:// from torchrun
+        kw = {"timeout": timeout} if timeout is not None else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", **kw)  # env:// from torchrun
     rank, world_size = world()
     return rank, world_size, device
 
