@@ -290,11 +290,18 @@ RECALL_SAMPLES = (1_000, 10_000, 100_000)  # recall query samples a page offers 
 ALL_QUERIES_MAX = 50_000  # "every query" is offered up to this many pairs (a million: an hour)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _matches(version_path: str, name: str, query: str):
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _searchable(version_path: str, name: str):
+    """A Dataset kept across reruns, so its id and caption columns are read once per version
+    (a million captions: ~1 s to read, ~60 MB as Arrow), not on every search."""
     from mmviz.store import Dataset
 
-    return Dataset(name, version_path).match(query)
+    return Dataset(name, version_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _matches(version_path: str, name: str, query: str):
+    return _searchable(version_path, name).match(query)
 
 
 def matches(ds, query: str):
@@ -351,8 +358,14 @@ def pick_row(ds, label: str, key: str, *, optional: bool = False, default: int |
     if query.strip() or len(hits) > PICK_PAGE:
         st.caption(f"{len(hits):,} match{'es' if len(hits) != 1 else ''}" if query.strip() else
                    f"{len(hits):,} rows: type to search")
-    return st.selectbox(f"{label}: pick", shown, index=None if optional else 0, key=key,
-                        format_func=names.get, placeholder="none", label_visibility="collapsed")
+    # The choice lives in session state (a widget's index applies only when it is first drawn):
+    # kept while it is among the matches shown, else the first of them, or none for an optional
+    # picker, unless a search names exactly one row.
+    if st.session_state.get(key) not in shown:
+        one = bool(query.strip()) and len(hits) == 1
+        st.session_state[key] = None if optional and not one else shown[0]
+    return st.selectbox(f"{label}: pick", shown, key=key, format_func=names.get, placeholder="none",
+                        label_visibility="collapsed")
 
 
 def image_file(ds, row: int):
@@ -367,23 +380,17 @@ def image_file(ds, row: int):
 
 def embedding_row(ds, emb, row: int) -> int | None:
     """The row of `emb` (its vectors, ids) holding dataset row `row`, or None when that row
-    was not embedded (its image failed). Sets embedded whole keep the dataset's order."""
-    if len(emb.ids) == len(ds):
-        return int(row)
-    id_ = ds.rows([row])["id"].iloc[0]
-    try:
-        return emb.ids.index(id_)
-    except ValueError:
-        return None
+    was not embedded (its image failed)."""
+    import numpy as np
+
+    rows = emb.table_rows  # sorted: embeddings keep the dataset's order
+    at = int(np.searchsorted(rows, row))
+    return at if at < len(rows) and rows[at] == row else None
 
 
-def dataset_row(ds, emb, row: int) -> int:
+def dataset_row(emb, row: int) -> int:
     """The dataset row of embedding row `row` (the inverse of embedding_row)."""
-    if len(emb.ids) == len(ds):
-        return int(row)
-    import pyarrow.compute as pc
-
-    return int(pc.index(ds.column("id"), emb.ids[row]).as_py())
+    return int(emb.table_rows[row])
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -428,3 +435,25 @@ def recall_queries_choice(n: int, key: str) -> int | None:
                                "(±1.6 points at 1,000, ±0.5 at 10,000). `mmviz transform NAME --recall-queries N` "
                                "computes any number from the command line.")
     return None if choice == "all" else int(choice)
+
+
+LAYOUT_COPIES = 6  # float32 copies of the vectors projection.project_pairs holds at its peak (measured:
+#   23.5 GB resident for 2,000,000 x 512 when the Transforms page laid out v1m)
+LAYOUT_MAX_BYTES = 2 ** 32  # a layout of every vector is drawn up to this much; larger sets lay out a sample
+
+
+def layout_sampled(n_vectors: int, dim: int) -> bool:
+    """Whether a page lays out a seeded sample (drawn_pairs) instead of every vector: when the
+    layout of all of them would take more than LAYOUT_MAX_BYTES. Raise the bound once the
+    projection code streams large sets."""
+    return LAYOUT_COPIES * n_vectors * dim * 4 > LAYOUT_MAX_BYTES
+
+
+def sample_layout(emb, method: str, img_rows, cap_rows, images=None, texts=None, variant: dict | None = None):
+    """The layout of the drawn sample only (fitted on it), through the workspace cache:
+    `images`/`texts` (default the embeddings') are the whole sets, read at those rows."""
+    images = emb.image if images is None else images
+    texts = emb.text if texts is None else texts
+    parts = {**emb.key_parts, "sample": [len(img_rows), len(cap_rows)], "seed": 0,
+             **({"variant": variant} if variant else {})}
+    return layout_for_vectors(parts, images[img_rows], texts[cap_rows], method, 0)

@@ -59,15 +59,45 @@ def text(at) -> str:
     return "\n".join(str(e.value) for kind in ("markdown", "caption", "info", "warning") for e in at.get(kind))
 
 
-def test_common_bound_is_the_one_tested():
+def app_common():
+    """The app's `common` module, the same object the pages import (AppTest runs in this process)."""
     import sys
+    from pathlib import Path
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "app"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
     try:
         import common
     finally:
         sys.path.pop(0)
+    return common
+
+
+def test_common_bound_is_the_one_tested():
+    common = app_common()
     assert common.MAX_OPTIONS == MAX_OPTIONS and common.PICK_PAGE <= MAX_OPTIONS
+
+
+def test_a_set_too_large_to_lay_out_whole_is_laid_out_on_the_drawn_sample(big, monkeypatch):
+    common = app_common()
+    monkeypatch.setattr(common, "LAYOUT_MAX_BYTES", 0)  # as if every vector's layout would not fit in memory
+
+    def whole(*a, **k):
+        raise AssertionError("a layout of the whole set was asked for")
+
+    monkeypatch.setattr(common, "layout_for", whole)
+    at = open_page("transforms", timeout=300)
+    assert "The layout is fitted on this sample" in text(at)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert sorted(points(tr.get("x", [])) for tr in figure["data"])[-2:] == [5000, 5000]
+    for place in ("Refit on the result", "Place in the before layout"):
+        at.radio(key="tf_place").set_value(place)
+        at.radio(key="tf_method").set_value("PCA 3D").run()
+        assert not at.exception, at.exception
+        assert len(at.get("plotly_chart")) == 2
+    at = open_page("mixup", timeout=300)
+    at.radio(key="mx_view").set_value("PCA 3D").run()
+    assert not at.exception, at.exception
+    assert f"Drawn: a seeded sample of 5,000 of the {N:,} pairs." in text(at)
 
 
 def test_data_page_pages_and_searches(big):
@@ -135,7 +165,8 @@ def test_retrieval_page_picks_by_search_and_samples_recall_on_request(big, monke
         [recall_at(emb, d) for d in ("i2t", "t2i")], abs=1e-12)  # 6,000 queries: all of them
     at.text_input(key="ret_image_id_q").input("pair 4321:").run()
     assert at.selectbox(key="ret_image_id").options == [f"4321 · {caption(4321)}"]
-    at.selectbox(key="ret_image_id").set_value(4321).run()
+    assert at.selectbox(key="ret_image_id").value == 4321  # the one match is picked
+    at.run()
     assert not at.exception, at.exception
     scores, rows = retrieval.topk(emb.image[4321], emb.image, 9)
     cards = sorted((int(c.value[1:].split(" ")[0]), c.value.split("`")[1])  # (rank, id): the grid goes by columns

@@ -85,13 +85,17 @@ def circle_figure(a: np.ndarray, b: np.ndarray, lam: float, near: np.ndarray, ne
 def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float) -> go.Figure:
     """The dataset's layout (a seeded sample of it on a large set) with the slerp path and the
     re-normalised linear mixes placed in it."""
-    layout, _ = common.layout_for(ds, emb, method, 0)
     lams = np.linspace(0, 1, PATH_STEPS)
-    place = layout.estimator.transform
     img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
+    if common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim):  # all of them would not fit in memory
+        layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
+        xy = (layout.image_xy, layout.text_xy)
+    else:
+        layout, _ = common.layout_for(ds, emb, method, 0)
+        xy = (layout.image_xy[img_rows], layout.text_xy[cap_rows])
+    place = layout.estimator.transform
     hover = viz.pair_hover([emb.ids[r] for r in img_rows], [emb.captions[j] for j in cap_rows], owner)
-    fig = viz.pairs_figure(layout.image_xy[img_rows], layout.text_xy[cap_rows], owner, sphere=method == "dosnes",
-                           lines=False, hover=hover, height=620)
+    fig = viz.pairs_figure(*xy, owner, sphere=method == "dosnes", lines=False, hover=hover, height=620)
     arc = place(slerp(a[None], b[None], lams).astype(np.float32))
     lin = place(linear_mix(a[None], b[None], np.linspace(0, 1, 11)).astype(np.float32))
     now = place(slerp(a, b, lam)[None].astype(np.float32))

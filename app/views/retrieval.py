@@ -88,7 +88,7 @@ def query_model(emb):
 def pick_pair(ds, emb, label: str, key: str, optional: bool, default: int | None = None) -> int | None:
     """An embedded image row, picked by searching the dataset's ids and captions."""
     row = common.pick_row(ds, label, key, optional=optional,
-                          default=None if default is None else common.dataset_row(ds, emb, default))
+                          default=None if default is None else common.dataset_row(emb, default))
     if row is None:
         return None
     found = common.embedding_row(ds, emb, row)
@@ -172,7 +172,7 @@ def pair_panel(ds, emb, key: str, default_row: int) -> None:
     own = ranks["captions"]
     left, right = st.columns([1, 3], gap="large")
     with left:
-        path = common.image_file(ds, common.dataset_row(ds, emb, row))
+        path = common.image_file(ds, common.dataset_row(emb, row))
         thumbs = common.thumbnails_of(ds, [pair_id])
         if path is not None and path.is_file():
             st.image(str(path), width="stretch")

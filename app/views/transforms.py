@@ -117,9 +117,19 @@ variant = f"{kind}:{sorted(params.items())}"
 
 after_set = transformed(emb, kind, params)
 images, texts = after_set.image, after_set.text  # memory maps of the stored result
-before_layout, _ = common.layout_for(ds, emb, method, 0)
 img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
-if refit:
+sampled = common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim)
+if sampled:  # every vector's layout would not fit in memory: lay out the drawn sample
+    before_layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
+    before_xy = (before_layout.image_xy, before_layout.text_xy)
+else:
+    before_layout, _ = common.layout_for(ds, emb, method, 0)
+    before_xy = (before_layout.image_xy[img_rows], before_layout.text_xy[cap_rows])
+if refit and sampled:
+    after_layout, _ = common.sample_layout(emb, method, img_rows, cap_rows, images, texts,
+                                           variant={"transform": kind, **params})
+    after_xy = (after_layout.image_xy, after_layout.text_xy)
+elif refit:
     after_layout, _ = common.layout_for(ds, emb, method, 0, images=images, texts=texts,
                                         variant={"transform": kind, **params})
     after_xy = (after_layout.image_xy[img_rows], after_layout.text_xy[cap_rows])
@@ -134,7 +144,6 @@ ids = [emb.ids[r] for r in img_rows]
 hover = viz.pair_hover(ids, [emb.captions[j] for j in cap_rows], owner)
 lines = len(cap_rows) <= viz.MAX_LINES
 sphere = method == "dosnes"
-before_xy = (before_layout.image_xy[img_rows], before_layout.text_xy[cap_rows])
 fig_before = viz.pairs_figure(*before_xy, owner, hover=hover, sphere=sphere, lines=lines, height=520, title="Before")
 fig_after = viz.pairs_figure(*after_xy, owner, hover=hover, sphere=sphere and not refit, lines=lines,
                              height=520, title=f"After {kind}" + (" (refitted)" if refit else " (placed)"))
@@ -144,8 +153,11 @@ plots = st.columns(2)
 plots[0].plotly_chart(fig_before, key="tf_before")
 plots[1].plotly_chart(fig_after, key="tf_after")
 if len(img_rows) < len(emb.ids):
+    fitted = (f" The layout is fitted on this sample: one of all {len(emb.ids) + len(emb.text):,} vectors would "
+              "not fit in memory." if sampled else "")
     st.caption(f"Drawn: a seeded sample of {len(img_rows):,} of the {len(emb.ids):,} images and their "
-               f"{len(cap_rows):,} captions. The transform is fitted on every pair and the metrics below use them all.")
+               f"{len(cap_rows):,} captions. The transform is fitted on every pair and the metrics below use them "
+               f"all.{fitted}")
 if not refit and method in ("umap2", "umap3", "dosnes"):
     st.caption("UMAP and DOSNES place new points next to the fitted points they are most similar to, so a "
                "set that moved far lands beside the old points it resembles; Gap axis and PCA show the "

@@ -101,7 +101,6 @@ def cmd_transform(ws: Workspace, args) -> int:
     from ..derived import transform_parts, transformed
     from ..retrieval import default_queries
     from ..transforms import evaluate, make, metric_table
-    from .common import Bar
 
     if args.collapse:
         name, params, what = "collapse", {}, "collapse"
@@ -113,14 +112,14 @@ def cmd_transform(ws: Workspace, args) -> int:
     try:
         ds, emb = dataset_embeddings(ws, args, embed_missing=True)
         queries = {None: default_queries(len(emb.ids)), "all": None}.get(args.recall_queries, args.recall_queries)
-        bar = Bar("transforming", quiet)
+        bar = Bar("transforming", quiet, unit="row")
         # Stored in the workspace and memory-mapped: a million pairs never sit in memory.
         after_set = transformed(ws.home, transform_parts(emb.key_parts, name, params), make(name, **params),
                                 emb.image, emb.text, progress=bar)
         bar.close()
         runs = []
         for label, (images, texts) in (("before", (emb.image, emb.text)), ("after", (after_set.image, after_set.text))):
-            bar = Bar(f"recall {label}", quiet)
+            bar = Bar(f"recall {label}", quiet, unit="product")
             runs.append(evaluate(images, texts, emb.text_owner, seed=args.seed, recall_queries=queries, progress=bar))
             bar.close()
         before, after = runs
