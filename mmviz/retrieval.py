@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import rows_per_chunk
+from .arrays import release_pages, rows_per_chunk
 from .geometry import _device
 from .sphere import EPS, normalise
 
@@ -125,6 +125,7 @@ def _key_blocks(keys: np.ndarray, rows: int):
         _NORMS[name] = np.concatenate(norms) if norms else np.zeros(0, np.float32)
         while len(_NORMS) > _NORMS_KEPT:
             _NORMS.popitem(last=False)
+    release_pages(keys)  # a whole pass read: let its pages go from the resident set
 
 
 def _row_blocks(n: int, n_keys: int, chunk: int):
@@ -205,6 +206,7 @@ def _topk_coarse(q: np.ndarray, keys: np.ndarray, k: int, rows: int, norms: np.n
             count += len(hit)
         if count > 4 * COARSE_MAX_CANDIDATES:
             return None
+    release_pages(keys)
     cand = [np.concatenate(f) for f in found]
     union = np.unique(np.concatenate(cand))
     if len(union) > COARSE_MAX_CANDIDATES:
@@ -507,6 +509,7 @@ def _rank_coarse(q: np.ndarray, keys: np.ndarray, norms: np.ndarray, ql: np.ndar
             count += len(band) + len(near)
         if count > COARSE_MAX_CANDIDATES:
             return None
+    release_pages(keys)
     best_i, best_v = np.zeros(n, np.int64), np.zeros(n, np.float32)
     for i in range(n):
         band = np.concatenate(unsure[i])

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .arrays import rows_per_chunk
+from .arrays import release_pages, rows_per_chunk
 from .sphere import EPS, normalise
 
 C3_SIGMA = float(np.sqrt(0.016))  # C3's noise level: variance 0.016 per coordinate
@@ -42,6 +42,7 @@ def _chunks(x: np.ndarray, name: str, rows: int | None = None) -> Iterator[tuple
         if not np.isfinite(chunk).all():
             raise ValueError(f"{name}: contains NaN or inf")
         yield start, chunk
+    release_pages(x)  # the pass is over: its pages need not stay resident
 
 
 def _mean(x: np.ndarray, name: str) -> np.ndarray:
@@ -226,6 +227,7 @@ def evaluate(images, texts, text_owner=None, *, max_n: int = 4096, seed: int = 0
     one_each = len(first) == len(texts) and np.array_equal(first, np.arange(len(texts)))
     texts = texts if isinstance(texts, np.ndarray) else np.asarray(texts)
     out = geometry.all_metrics(images, texts if one_each else texts[first], seed=seed, max_n=max_n)
+    release_pages(images, texts)  # geometry's passes read every row of the maps
     rec = recall_at_k(images, texts, RECALL_KS, text_owner=owner, queries=recall_queries, seed=seed, progress=progress)
     out.update({f"{d}_r{k}": rec[d][k] for d in ("i2t", "t2i") for k in RECALL_KS})
     return out

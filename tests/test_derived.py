@@ -95,3 +95,27 @@ def test_only_the_most_recent_variants_are_kept_and_failures_leave_nothing(tmp_p
     with pytest.raises(ValueError, match="texts: contains NaN"):
         derived.transformed(tmp_path, {"lam": 0.4}, Shift(0.4), im, bad)
     assert sorted(p.name for p in (tmp_path / "derived").iterdir()) == sorted([paths[0].name, third.name])
+
+
+def test_release_pages_drops_a_read_map_from_the_resident_set(tmp_path):
+    """Linux: RssFile counts the mapped file pages this process touched; after release_pages
+    they are gone from it, and the values read back the same."""
+    from pathlib import Path
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc (not Linux)")
+
+    def rss_file() -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("RssFile:"))
+
+    x = np.random.default_rng(0).normal(size=(16384, 512)).astype(np.float32)  # 32 MB
+    np.save(tmp_path / "x.npy", x)
+    m = arrays.open_array(tmp_path / "x.npy")
+    before = rss_file()
+    total = float(m.sum(dtype=np.float64))  # touches every page
+    touched = rss_file()
+    assert touched - before > 24_000  # kB: most of the 32 MB is now resident
+    arrays.release_pages(m, x)  # x is no map: left alone
+    assert rss_file() < touched - 24_000
+    assert float(m.sum(dtype=np.float64)) == total  # read back from the page cache, unchanged
