@@ -50,7 +50,7 @@ class Memory(threading.Thread):
     def __init__(self, pid: int, limit: float):
         super().__init__(daemon=True)
         self.pid, self.rss, self.mark_peak, self.stop, self.limit = pid, 0, 0, threading.Event(), limit
-        self.killed = False
+        self.killed, self.anon_peak, self.file_peak = False, 0, 0
 
     def status(self, field: str) -> int:
         try:
@@ -65,15 +65,19 @@ class Memory(threading.Thread):
         while not self.stop.is_set():
             self.rss = self.status("VmRSS")
             self.mark_peak = max(self.mark_peak, self.rss)
+            self.anon_peak = max(self.anon_peak, self.status("RssAnon"))  # heap: what the server holds
+            self.file_peak = max(self.file_peak, self.status("RssFile"))  # mapped files: page cache
             if self.rss > self.limit and not self.killed:  # a shared machine: stop before the OOM killer does
                 os.kill(self.pid, 9)
                 self.killed = True
                 print(f"server killed at {self.rss / 1e9:.1f} GB resident (--max-rss-gb)", flush=True)
             time.sleep(0.2)
 
-    def take_peak(self) -> int:
-        peak, self.mark_peak = self.mark_peak, self.rss
-        return peak
+    def take_peak(self) -> tuple[int, int, int]:
+        """(peak RSS, peak anonymous, peak file-backed) since the last call."""
+        out = self.mark_peak, self.anon_peak, self.file_peak
+        self.mark_peak = self.anon_peak = self.file_peak = 0
+        return out
 
 
 def main() -> int:
@@ -131,11 +135,12 @@ def main() -> int:
                 first = time.time() - t0
                 idle()
                 done = time.time() - t0
+                rss, anon, mapped = (round(v / 1e9, 2) for v in mem.take_peak())
                 steps[name] = {"first_output_s": round(first, 2), "settled_s": round(done, 2),
-                               "peak_rss_gb": round(mem.take_peak() / 1e9, 2)}
+                               "peak_rss_gb": rss, "peak_anon_gb": anon, "peak_file_gb": mapped}
                 page.screenshot(path=str(OUT / f"pages-{name}.png"), full_page=True)
                 print(f"  {name:<22} first output {first:7.2f} s  settled {done:7.2f} s  "
-                      f"peak RSS {steps[name]['peak_rss_gb']:.2f} GB", flush=True)
+                      f"peak RSS {rss:.2f} GB (anonymous {anon:.2f}, mapped files {mapped:.2f})", flush=True)
 
             def nav(label: str):
                 return lambda: page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=label,
@@ -145,20 +150,21 @@ def main() -> int:
             step("data_first_page", lambda: page.goto(url), f"{n:,} pairs.")
             idle_rss = mem.rss
             search = page.get_by_label("Search captions")
-            step("data_search", lambda: (search.fill("item 123456"), search.press("Enter")), "pairs match.")
+            step("data_search", lambda: (search.fill("item 123456"), search.press("Enter")), "1 of")
+            step("data_search_again", lambda: (search.fill("cluster 7 "), search.press("Enter")), "pairs match.")
             step("transforms_first", nav("Transforms"), "Metrics before and after", "Before/after metrics (CSV)")
             step("data_again", nav("Data"), f"{n:,} pairs.")
             step("transforms_reopen", nav("Transforms"), "Metrics before and after", "Before/after metrics (CSV)")
-            step("retrieval_open", nav("Retrieval"), "Where a pair's true partner ranks", "ranks **#")
+            step("retrieval_open", nav("Retrieval"), "Where a pair's true partner ranks", "best own caption ranks")
             box = page.get_by_label("or a dataset image")
             step("retrieval_query", lambda: (box.fill("item 424242"), box.press("Enter")),
                  "Nearest to the dataset image")
             step("retrieval_recall", lambda: page.get_by_role("button", name="Compute recall and the worst pairs").click(),
                  "Worst-ranked pairs first")
             step("mixup", nav("Mixup"), "How hard are m2-mix's negatives?", "Nearest images and captions of the mix")
-            step("captions", nav("Captions"), "Captions")
-            step("vqa", nav("VQA"), "VQA")
-            step("finetune", nav("Fine-tune"), "Fine-tune")
+            step("captions", nav("Captions"), "Find the captions that are wrong")  # then: can a model load?
+            step("vqa", nav("VQA"), "Ask a question about an image")
+            step("finetune", nav("Fine-tune"), "Check whether a fix that works in embedding space")
             browser.close()
     finally:
         hwm = mem.status("VmHWM")

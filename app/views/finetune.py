@@ -175,7 +175,7 @@ all_runs = runs.list_runs(ws)
 if not all_runs:
     st.info("No runs yet: start one above.")
     st.stop()
-ids = [r["id"] for r in all_runs]
+ids = [r["id"] for r in all_runs][:common.MAX_OPTIONS]  # newest first; the table below lists every run
 if st.session_state.get("ft_run") not in ids:
     st.session_state["ft_run"] = ids[0]
 described = {r["id"]: f"{r['id']} ({r['config'].loss}, {r['config'].model})" for r in all_runs}
