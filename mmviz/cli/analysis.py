@@ -37,7 +37,7 @@ def cmd_gap(ws: Workspace, args) -> int:
 def _query_vector(emb, text: str):
     """The text query under the model that made `emb`'s vectors. Raises Fail."""
     from ..models import ModelSpecError, ModelUnavailable, load_model
-    from ..retrieval import text_query
+    from ..queries import text_query
 
     try:
         q = text_query(load_model(emb.model), text)
