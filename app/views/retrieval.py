@@ -11,7 +11,8 @@ import streamlit as st
 import common
 from mmviz.models import ModelSpecError, ModelUnavailable, load_model
 from mmviz.results import cached_json
-from mmviz.retrieval import DEFAULT_QUERIES, image_query, partner_ranks, recall_at_k, text_query, topk, worst_pairs
+from mmviz.queries import image_query, text_query
+from mmviz.retrieval import DEFAULT_QUERIES, partner_ranks, recall_at_k, topk, worst_pairs
 
 KS = (1, 5, 10)
 DIRECTIONS = {"i2t": "Image → text", "t2i": "Text → image"}
