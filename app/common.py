@@ -456,4 +456,6 @@ def sample_layout(emb, method: str, img_rows, cap_rows, images=None, texts=None,
     texts = emb.text if texts is None else texts
     parts = {**emb.key_parts, "sample": [len(img_rows), len(cap_rows)], "seed": 0,
              **({"variant": variant} if variant else {})}
-    return layout_for_vectors(parts, images[img_rows], texts[cap_rows], method, 0)
+    from mmviz.arrays import gather_rows
+
+    return layout_for_vectors(parts, gather_rows(images, img_rows), gather_rows(texts, cap_rows), method, 0)

@@ -149,14 +149,14 @@ def main() -> int:
             n = json.loads(next((home / "datasets" / args.dataset).glob("v-*/manifest.json")).read_text())["pairs"]
             step("data_first_page", lambda: page.goto(url), f"{n:,} pairs.")
             idle_rss = mem.rss
-            search = page.get_by_label("Search captions")
+            search = page.get_by_role("textbox", name="Search captions")
             step("data_search", lambda: (search.fill("item 123456"), search.press("Enter")), "1 of")
             step("data_search_again", lambda: (search.fill("cluster 7 "), search.press("Enter")), "pairs match.")
             step("transforms_first", nav("Transforms"), "Metrics before and after", "Before/after metrics (CSV)")
             step("data_again", nav("Data"), f"{n:,} pairs.")
             step("transforms_reopen", nav("Transforms"), "Metrics before and after", "Before/after metrics (CSV)")
             step("retrieval_open", nav("Retrieval"), "Where a pair's true partner ranks", "best own caption ranks")
-            box = page.get_by_label("or a dataset image")
+            box = page.get_by_role("textbox", name="or a dataset image")
             step("retrieval_query", lambda: (box.fill("item 424242"), box.press("Enter")),
                  "Nearest to the dataset image")
             step("retrieval_recall", lambda: page.get_by_role("button", name="Compute recall and the worst pairs").click(),

@@ -283,3 +283,12 @@ def release_pages(*arrays) -> None:
                 base.madvise(mmap.MADV_DONTNEED)
             except (OSError, ValueError):
                 pass  # closed, or a platform without it: nothing is lost but the saving
+
+
+def gather_rows(x: np.ndarray, rows) -> np.ndarray:
+    """x[rows] as a new array, and a memory map's pages let go after (release_pages): reading
+    5,000 scattered rows of a million faults in 64 kB around each (the kernel's fault-around),
+    300 MB of a 1 GB map counted as resident for 5 MB of rows."""
+    out = np.array(x[rows])
+    release_pages(x)
+    return out

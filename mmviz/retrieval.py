@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .arrays import release_pages, rows_per_chunk
+from .arrays import gather_rows, release_pages, rows_per_chunk
 from .geometry import _device
 from .sphere import EPS, normalise
 
@@ -210,7 +210,7 @@ def _topk_coarse(q: np.ndarray, keys: np.ndarray, k: int, rows: int, norms: np.n
     union = np.unique(np.concatenate(cand))
     if len(union) > COARSE_MAX_CANDIDATES:
         return None
-    exact = q @ _unit(keys[union]).T  # (Q, candidates), float32 cosines
+    exact = q @ _unit(gather_rows(keys, union)).T  # (Q, candidates), float32 cosines
     out_s, out_i = [], []
     for i in range(len(q)):
         pos = np.searchsorted(union, cand[i])
@@ -397,9 +397,9 @@ def recall_at_k(images, texts, k=(1, 5, 10), text_owner=None, *, queries: int | 
         i2t_idx, t2i = _topk_both_ways(_unit(images), _unit(texts), max(ks), device=device)
     else:
         total = (len(qi) * len(texts) + len(qt) * len(images))
-        i2t_idx = topk(images[qi] if not whole else images, texts, max(ks), device=device, progress=progress and (
+        i2t_idx = topk(gather_rows(images, qi) if not whole else images, texts, max(ks), device=device, progress=progress and (
             lambda d, t: progress(d, total)))[1]
-        t2i = topk(texts[qt] if not whole else texts, images, max(ks), device=device, progress=progress and (
+        t2i = topk(gather_rows(texts, qt) if not whole else texts, images, max(ks), device=device, progress=progress and (
             lambda d, t: progress(len(qi) * len(texts) + d, total)))[1]
     i2t_hit = owner[i2t_idx] == qi[:, None]  # owners of the retrieved captions
     t2i_hit = t2i == owner[qt][:, None]
@@ -417,8 +417,8 @@ def _own_scores(queries: np.ndarray, keys: np.ndarray, rows: np.ndarray, pairs: 
     for s in range(0, len(qpos), step):
         p, j = qpos[s:s + step], kidx[s:s + step]
         order = np.argsort(j, kind="stable")  # memory maps read fastest in order
-        kj = _unit(keys[j[order]])
-        qv = _unit(queries[rows[p[order]]])
+        kj = _unit(gather_rows(keys, j[order]))
+        qv = _unit(gather_rows(queries, rows[p[order]]))
         np.maximum.at(own, p[order], np.einsum("ij,ij->i", qv, kj))
     return own
 
@@ -444,7 +444,7 @@ def _rank_pass(queries: np.ndarray, keys: np.ndarray, query_label: np.ndarray, k
     own = _own_scores(queries, keys, rows, (qpos, kidx))
     has_own = hi > lo
     norms = _NORMS.get(_norms_key(keys)) if n <= COARSE_MAX_QUERIES and keys.dtype == np.float16 else None
-    got = _rank_coarse(_unit(queries[rows]), keys, norms, ql, key_label, own) if norms is not None else None
+    got = _rank_coarse(_unit(gather_rows(queries, rows)), keys, norms, ql, key_label, own) if norms is not None else None
     if got is not None:
         if progress:
             progress(done + n * len(keys), total)
@@ -453,7 +453,7 @@ def _rank_pass(queries: np.ndarray, keys: np.ndarray, query_label: np.ndarray, k
                 "best_score": best_v}
     dev = _device(device)
     scores = _Scores(dev)
-    q_unit = torch.from_numpy(_unit(queries[rows])).to(dev)
+    q_unit = torch.from_numpy(_unit(gather_rows(queries, rows))).to(dev)
     own_t, ql_t = torch.from_numpy(own).to(dev), torch.from_numpy(ql).to(dev)
     above = torch.zeros(n, dtype=torch.int64, device=dev)
     best_v = torch.full((n,), -torch.inf, device=dev)
@@ -513,9 +513,9 @@ def _rank_coarse(q: np.ndarray, keys: np.ndarray, norms: np.ndarray, ql: np.ndar
     for i in range(n):
         band = np.concatenate(unsure[i])
         if len(band):
-            above[i] += int(np.count_nonzero(_unit(keys[band]) @ q[i] > line[i]))
+            above[i] += int(np.count_nonzero(_unit(gather_rows(keys, band)) @ q[i] > line[i]))
         near = np.unique(np.concatenate(near_best[i]))
-        exact = _unit(keys[near]) @ q[i]
+        exact = _unit(gather_rows(keys, near)) @ q[i]
         best_i[i], best_v[i] = near[int(exact.argmax())], exact.max()
     return above, best_i, best_v
 

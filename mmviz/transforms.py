@@ -18,7 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .arrays import release_pages, rows_per_chunk
+from .arrays import gather_rows, release_pages, rows_per_chunk
 from .sphere import EPS, normalise
 
 C3_SIGMA = float(np.sqrt(0.016))  # C3's noise level: variance 0.016 per coordinate
@@ -325,7 +325,7 @@ def mixed_negative_cosines(images, texts, lam, max_n: int = 2048, seed: int = 0)
         raise ValueError(f"images and texts must be paired (n, d) arrays, got {images.shape} and {texts.shape}")
     if len(images) > max_n:  # sample first: a large set is never converted whole
         idx = np.sort(np.random.default_rng(seed).choice(len(images), size=max_n, replace=False))
-        images, texts = images[idx], texts[idx]
+        images, texts = gather_rows(images, idx), gather_rows(texts, idx)
     a, b = _pair_rows(images, texts)
     m = slerp(a, b, lam)
     off = ~np.eye(len(a), dtype=bool)

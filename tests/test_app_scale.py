@@ -217,6 +217,8 @@ def test_mixup_page_picks_both_ends_by_search(big):
     b = emb.text[5999].astype(np.float64)
     theta = np.degrees(np.arccos(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
     assert f"Angle between them: {theta:.1f}°" in text(at)
+    hist = json.loads(at.get("plotly_chart")[1].proto.spec)  # histograms binned on the server
+    assert [points(tr["y"]) for tr in hist["data"]] == [80, 80, 80]
     bounded(at)
 
 

@@ -119,3 +119,7 @@ def test_release_pages_drops_a_read_map_from_the_resident_set(tmp_path):
     arrays.release_pages(m, x)  # x is no map: left alone
     assert rss_file() < touched - 24_000
     assert float(m.sum(dtype=np.float64)) == total  # read back from the page cache, unchanged
+    rows = np.arange(0, 16384, 97)
+    got = arrays.gather_rows(m, rows)  # scattered rows, then the map's pages let go
+    assert not isinstance(got, np.memmap) and np.array_equal(got, x[rows])
+    assert rss_file() < touched - 24_000

@@ -6,6 +6,7 @@ import streamlit as st
 
 import common
 from mmviz import transforms, viz
+from mmviz.arrays import gather_rows
 
 METRICS_MAX_N = 2048  # pairs for the O(n^2) metrics here: keeps a slider step near a second at 5,000 pairs
 KINDS = {"Collapse": "collapse", "Corrupt": "corrupt", "Shift": "shift"}
@@ -138,7 +139,7 @@ else:
             if method.startswith("umap") and not getattr(before_layout.estimator, "fitted", True) else "")
     with st.spinner(f"Placing the transformed points{note}…"):  # only the points drawn
         after_xy = placed(before_layout.key or f"{key}-{method}", variant, len(img_rows), before_layout,
-                          images[img_rows], texts[cap_rows])
+                          gather_rows(images, img_rows), gather_rows(texts, cap_rows))
 
 ids = [emb.ids[r] for r in img_rows]
 hover = viz.pair_hover(ids, [emb.captions[j] for j in cap_rows], owner)
