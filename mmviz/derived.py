@@ -58,6 +58,11 @@ def _fitted_numbers(transform) -> dict:
     return {k: v for k, v in vars(transform).items() if k.endswith("_") and isinstance(v, (int, float))}
 
 
+def stored_dtype_for(n: int, m: int, dim: int) -> np.dtype:
+    """The dtype transformed vectors of n images and m captions are stored in."""
+    return stored_dtype(None, (n + m) * dim * 4)
+
+
 def _open(path: Path, hit: bool) -> Derived:
     info = json.loads((path / "info.json").read_text("utf-8"))
     return Derived(open_array(path / "image.npy"), open_array(path / "text.npy"), info, path, hit)
@@ -65,8 +70,8 @@ def _open(path: Path, hit: bool) -> Derived:
 
 def transformed(home, parts: dict, transform, images, texts,
                 progress: Callable[[int, int], None] | None = None) -> Derived:
-    """`transform` (unfitted, e.g. transforms.make("collapse")) fitted on images and texts and
-    applied to them, from the workspace when done before (same `parts`: dataset, model,
+    """`transform` (e.g. transforms.make("collapse"); fitted on images and texts here unless it
+    is already) applied to them, from the workspace when done before (same `parts`: dataset, model,
     transform and parameters), else computed chunk by chunk and stored. progress(rows done,
     rows in all) counts the fitting pass and the writing pass."""
     root = Path(home) / "derived"
@@ -79,13 +84,14 @@ def transformed(home, parts: dict, transform, images, texts,
         except (OSError, ValueError):
             shutil.rmtree(path, ignore_errors=True)  # unreadable: compute it again
     n, m, dim = len(images), len(texts), images.shape[1]
-    dtype = stored_dtype(None, (n + m) * dim * 4)
+    dtype = stored_dtype_for(n, m, dim)
     root.mkdir(parents=True, exist_ok=True)
     ensure_free(root, (n + m) * dim * dtype.itemsize, root, "storing the transformed vectors")
     total = 2 * (n + m)
     if progress:
         progress(0, total)
-    transform.fit(images, texts)
+    if not hasattr(transform, "dim_"):  # not fitted yet (a caller that knows the means fits from them)
+        transform.fit(images, texts)
     if progress:
         progress(n + m, total)
     staging = root / f".staging-{uuid.uuid4().hex[:12]}"

@@ -45,6 +45,11 @@ def _chunks(x: np.ndarray, name: str, rows: int | None = None) -> Iterator[tuple
     release_pages(x)  # the pass is over: its pages need not stay resident
 
 
+def means(images, texts) -> tuple[np.ndarray, np.ndarray]:
+    """(image mean, text mean) in float64, one chunked pass over each (for `fit_means`)."""
+    return _mean(_matrix(images, "images"), "images"), _mean(_matrix(texts, "texts"), "texts")
+
+
 def _mean(x: np.ndarray, name: str) -> np.ndarray:
     """The rows' mean in float64, accumulated chunk by chunk."""
     total = np.zeros(x.shape[1])
@@ -71,8 +76,16 @@ class _Transform:
         images, texts = _matrix(images, "images"), _matrix(texts, "texts")
         if images.shape[1] != texts.shape[1]:
             raise ValueError(f"images are {images.shape[1]}-d but texts are {texts.shape[1]}-d")
-        self._fit(_mean(images, "images"), _mean(texts, "texts"))
-        self.dim_ = images.shape[1]
+        return self.fit_means(_mean(images, "images"), _mean(texts, "texts"))
+
+    def fit_means(self, image_mean, text_mean):
+        """Fit from the two modalities' means (all any transform here needs): the same as
+        `fit` on the rows, without another pass over a large set whose means are known."""
+        image_mean, text_mean = np.asarray(image_mean, dtype=np.float64), np.asarray(text_mean, dtype=np.float64)
+        if image_mean.shape != text_mean.shape or image_mean.ndim != 1:
+            raise ValueError(f"means must be two (d,) vectors, got {image_mean.shape} and {text_mean.shape}")
+        self._fit(image_mean, text_mean)
+        self.dim_ = len(image_mean)
         return self
 
     def _checked(self, images, texts) -> tuple[np.ndarray, np.ndarray]:

@@ -123,3 +123,15 @@ def test_release_pages_drops_a_read_map_from_the_resident_set(tmp_path):
     got = arrays.gather_rows(m, rows)  # scattered rows, then the map's pages let go
     assert not isinstance(got, np.memmap) and np.array_equal(got, x[rows])
     assert rss_file() < touched - 24_000
+
+
+def test_fit_from_known_means_is_fit_on_the_rows():
+    im, tx = gapped(5)
+    mi, mt = transforms.means(im, tx)
+    for kind, params in (("collapse", {"strength": 0.4}), ("shift", {"lam": 0.7}), ("corrupt", {"sigma": 0.1})):
+        a = make(kind, **params).fit(im, tx).transform(im, tx)
+        b = make(kind, **params).fit_means(mi, mt).transform(im, tx)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="two \\(d,\\) vectors"):
+        Shift(1.0).fit_means(mi, mt[:3])

@@ -7,6 +7,7 @@ import streamlit as st
 import common
 from mmviz import transforms, viz
 from mmviz.arrays import gather_rows
+from mmviz.derived import stored_dtype_for
 
 METRICS_MAX_N = 2048  # pairs for the O(n^2) metrics here: keeps a slider step near a second at 5,000 pairs
 KINDS = {"Collapse": "collapse", "Corrupt": "corrupt", "Shift": "shift"}
@@ -29,16 +30,16 @@ def progress_bar(text: str):
     return bar, lambda done, total: bar.progress(min(done / max(total, 1), 1.0), text=f"{text} {done / max(total, 1):.0%}")
 
 
-def transformed(emb, kind: str, params: dict):
-    """The transform fitted on every pair and applied to every vector: stored in the workspace
-    under (dataset, model, transform, parameters) and read back as memory maps (mmviz.derived),
-    so a million pairs take disk, not memory, and a slider position seen before opens at once."""
+def transformed(emb, kind: str, params: dict, fitted):
+    """The fitted transform applied to every vector: stored in the workspace under (dataset,
+    model, transform, parameters) and read back as memory maps (mmviz.derived), so a million
+    pairs take disk, not memory, and a slider position seen before opens at once."""
     from mmviz.derived import transform_parts, transformed as stored
 
-    bar, progress = progress_bar(f"Fitting and applying {kind} to {len(emb.ids) + len(emb.text):,} vectors…")
+    bar, progress = progress_bar(f"Applying {kind} to all {len(emb.ids) + len(emb.text):,} vectors…")
     try:
-        return stored(common.workspace().home, transform_parts(emb.key_parts, kind, params),
-                      transforms.make(kind, **params), emb.image, emb.text, progress=progress)
+        return stored(common.workspace().home, transform_parts(emb.key_parts, kind, params), fitted,
+                      emb.image, emb.text, progress=progress)
     finally:
         bar.empty()
 
@@ -57,12 +58,15 @@ def evaluated(emb, variant: str, images, texts, queries: int | None) -> dict:
         bar.empty()
 
 
-def gap_of(emb) -> float:
-    """The raw gap over all captions (what Shift moves along), in one chunked pass, cached."""
-    from mmviz.results import cached_json
+def means_of(emb) -> tuple[np.ndarray, np.ndarray]:
+    """The image and caption means over every pair (what every transform here is fitted on):
+    one chunked pass, kept in the workspace's results."""
+    from mmviz.results import cached_arrays
 
-    return cached_json(common.workspace().home, "raw_gap", emb.key_parts,
-                       lambda: {"gap": transforms.Shift(0).fit(emb.image, emb.text).gap_length_})[0]["gap"]
+    with st.spinner(f"Averaging {len(emb.ids) + len(emb.text):,} vectors…"):
+        got, _ = cached_arrays(common.workspace().home, "modality_means", emb.key_parts,
+                               lambda: dict(zip(("image", "text"), transforms.means(emb.image, emb.text))))
+    return got["image"], got["text"]
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -100,7 +104,8 @@ st.caption("Try the fixes from the literature on the current embeddings: the sam
            "before and after. Nothing stored is changed.")
 ds, emb = common.dataset_and_embeddings("tf")
 key = common.data_key(ds, emb)
-gap = gap_of(emb)
+image_mean, text_mean = means_of(emb)
+gap = float(np.linalg.norm(image_mean - text_mean))  # what Shift moves along: all captions
 
 left, mid, right = st.columns([1, 2, 2])
 kind = KINDS[left.radio("Transform", list(KINDS), key="tf_kind")]
@@ -115,11 +120,20 @@ with right:
     queries = common.recall_queries_choice(len(emb.ids), "tf_queries")
 method = common.PROJECTIONS[method_label]
 variant = f"{kind}:{sorted(params.items())}"
+fitted = transforms.make(kind, **params).fit_means(image_mean, text_mean)  # on every pair
 
-after_set = transformed(emb, kind, params)
-images, texts = after_set.image, after_set.text  # memory maps of the stored result
 img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
 sampled = common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim)
+# The drawn rows after the transform. Collapse and Shift act on each row alone, so the drawn rows
+# are transformed at once and the whole set is written after the figures; Corrupt's noise
+# comes from one stream over every row, so its drawn rows are read from the stored set.
+after_set = transformed(emb, kind, params, fitted) if kind == "corrupt" or (refit and not sampled) else None
+if after_set is None:
+    dtype = stored_dtype_for(len(emb.ids), len(emb.text), emb.dim)  # as they will be stored
+    after_i, after_t = (x.astype(dtype) for x in fitted.transform(gather_rows(emb.image, img_rows),
+                                                                  gather_rows(emb.text, cap_rows)))
+else:
+    after_i, after_t = gather_rows(after_set.image, img_rows), gather_rows(after_set.text, cap_rows)
 if sampled:  # every vector's layout would not fit in memory: lay out the drawn sample
     before_layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
     before_xy = (before_layout.image_xy, before_layout.text_xy)
@@ -127,19 +141,19 @@ else:
     before_layout, _ = common.layout_for(ds, emb, method, 0)
     before_xy = (before_layout.image_xy[img_rows], before_layout.text_xy[cap_rows])
 if refit and sampled:
-    after_layout, _ = common.sample_layout(emb, method, img_rows, cap_rows, images, texts,
-                                           variant={"transform": kind, **params})
+    after_layout, _ = common.sample_layout(emb, method, np.arange(len(img_rows)), np.arange(len(cap_rows)), after_i,
+                                           after_t, variant={"transform": kind, **params})
     after_xy = (after_layout.image_xy, after_layout.text_xy)
 elif refit:
-    after_layout, _ = common.layout_for(ds, emb, method, 0, images=images, texts=texts,
+    after_layout, _ = common.layout_for(ds, emb, method, 0, images=after_set.image, texts=after_set.text,
                                         variant={"transform": kind, **params})
     after_xy = (after_layout.image_xy[img_rows], after_layout.text_xy[cap_rows])
 else:
     note = (" (UMAP refits its model once to place new points: seconds)"
             if method.startswith("umap") and not getattr(before_layout.estimator, "fitted", True) else "")
     with st.spinner(f"Placing the transformed points{note}…"):  # only the points drawn
-        after_xy = placed(before_layout.key or f"{key}-{method}", variant, len(img_rows), before_layout,
-                          gather_rows(images, img_rows), gather_rows(texts, cap_rows))
+        after_xy = placed(before_layout.key or f"{key}-{method}", variant, len(img_rows), before_layout, after_i,
+                          after_t)
 
 ids = [emb.ids[r] for r in img_rows]
 hover = viz.pair_hover(ids, [emb.captions[j] for j in cap_rows], owner)
@@ -154,17 +168,19 @@ plots = st.columns(2)
 plots[0].plotly_chart(fig_before, key="tf_before")
 plots[1].plotly_chart(fig_after, key="tf_after")
 if len(img_rows) < len(emb.ids):
-    fitted = (f" The layout is fitted on this sample: one of all {len(emb.ids) + len(emb.text):,} vectors would "
+    on_sample = (f" The layout is fitted on this sample: one of all {len(emb.ids) + len(emb.text):,} vectors would "
               "not fit in memory." if sampled else "")
     st.caption(f"Drawn: a seeded sample of {len(img_rows):,} of the {len(emb.ids):,} images and their "
                f"{len(cap_rows):,} captions. The transform is fitted on every pair and the metrics below use them "
-               f"all.{fitted}")
+               f"all.{on_sample}")
 if not refit and method in ("umap2", "umap3", "dosnes"):
     st.caption("UMAP and DOSNES place new points next to the fitted points they are most similar to, so a "
                "set that moved far lands beside the old points it resembles; Gap axis and PCA show the "
                "movement linearly.")
 
 st.subheader("Metrics before and after")
+after_set = after_set or transformed(emb, kind, params, fitted)
+images, texts = after_set.image, after_set.text  # memory maps of the stored result
 before = evaluated(emb, "none", emb.image, emb.text, queries)
 after = evaluated(emb, variant, images, texts, queries)
 common.metric_headline(before, after, HEADLINE)
