@@ -368,14 +368,18 @@ def pick_row(ds, label: str, key: str, *, optional: bool = False, default: int |
                         label_visibility="collapsed")
 
 
-def image_file(ds, row: int):
-    """The image file of dataset row `row` (reading its row group only), or None."""
+def image_path_of(ds, ref):
+    """A table row's `image` value as a path (stored ones are relative to the version), or None."""
     from pathlib import Path
 
-    ref = ds.rows([row])["image"].iloc[0]
     if not isinstance(ref, str) or not ref:
         return None
     return Path(ref) if Path(ref).is_absolute() else ds.path / ref
+
+
+def image_file(ds, row: int):
+    """The image file of dataset row `row` (reading its row group only), or None."""
+    return image_path_of(ds, ds.rows([row])["image"].iloc[0])
 
 
 def embedding_row(ds, emb, row: int) -> int | None:

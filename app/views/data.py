@@ -215,8 +215,7 @@ def pair_detail(ds: Dataset, row: pd.Series) -> None:
     idx, pair_id = int(row["row"]), row["id"]
     left, right = st.columns([1, 2])
     with left:
-        ref = row["image"]
-        path = None if not isinstance(ref, str) or not ref else (Path(ref) if Path(ref).is_absolute() else ds.path / ref)
+        path = common.image_path_of(ds, row["image"])
         if path is not None and path.is_file():
             st.image(str(path), width="content")  # natural size, shrunk to fit; never blown up
             st.caption(f"{row['width']}×{row['height']} px · sha256 {str(row['image_sha256'])[:12]}…")
