@@ -349,15 +349,15 @@ def pick_row(ds, label: str, key: str, *, optional: bool = False, default: int |
     if not len(hits):
         st.caption(f"No id or caption contains “{query.strip()}”.")
         return None
-    offset = pager(len(hits), PICK_PAGE, key, reset_on=(query.strip(), ds.key), what="matches")
+    offset = pager(len(hits), PICK_PAGE, key, reset_on=(query.strip(), ds.key),
+                   what="matches" if query.strip() else "rows")
     shown = [int(r) for r in hits[offset:offset + PICK_PAGE]]
     if default is not None and not query.strip() and offset == 0:
         shown = [int(default)] + [r for r in shown if r != default][:PICK_PAGE - 1]
     page = ds.rows(shown)
     names = {r: f"{i} · {_first_caption(c)[:70]}" for r, i, c in zip(shown, page["id"], page["captions"])}
-    if query.strip() or len(hits) > PICK_PAGE:
-        st.caption(f"{len(hits):,} match{'es' if len(hits) != 1 else ''}" if query.strip() else
-                   f"{len(hits):,} rows: type to search")
+    if query.strip() and len(hits) <= PICK_PAGE:  # more are counted by the pager
+        st.caption(f"{len(hits):,} match{'es' if len(hits) != 1 else ''}")
     # The choice lives in session state (a widget's index applies only when it is first drawn):
     # kept while it is among the matches shown, else the first of them, or none for an optional
     # picker, unless a search names exactly one row.

@@ -134,10 +134,10 @@ def main() -> int:
                 text of `more` (its last answer) and to the end of the script run."""
                 t0 = time.time()
                 act()
-                expect(page.get_by_text(first_text).first).to_be_visible(timeout=timeout_ms)
+                expect(page.get_by_text(first_text).locator("visible=true").first).to_be_visible(timeout=timeout_ms)
                 first = time.time() - t0
                 for text in more:
-                    expect(page.get_by_text(text).first).to_be_visible(timeout=timeout_ms)
+                    expect(page.get_by_text(text).locator("visible=true").first).to_be_visible(timeout=timeout_ms)
                 idle()
                 done = time.time() - t0
                 rss, anon, mapped = (round(v / 1e9, 2) for v in mem.take_peak())

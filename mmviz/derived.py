@@ -79,7 +79,7 @@ def transformed(home, parts: dict, transform, images, texts,
     if (path / "info.json").is_file():
         try:
             found = _open(path, True)
-            os.utime(path / "info.json")  # recently used: kept by _prune
+            _used(path)
             return found
         except (OSError, ValueError):
             shutil.rmtree(path, ignore_errors=True)  # unreadable: compute it again
@@ -120,8 +120,16 @@ def transformed(home, parts: dict, transform, images, texts,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _used(path)
     _prune(root, keep=path)
     return _open(path, False)
+
+
+def _used(path: Path) -> None:
+    """Mark a variant as just used (_prune keeps the most recent): info.json's mtime, set from
+    the fine clock (a file system's own timestamps can be 4 ms coarse, so two uses tie)."""
+    now = time.time_ns()
+    os.utime(path / "info.json", ns=(now, now))
 
 
 def _prune(root: Path, keep: Path) -> None:
@@ -134,7 +142,7 @@ def _prune(root: Path, keep: Path) -> None:
                 if now - p.stat().st_mtime > STALE_SECONDS:
                     shutil.rmtree(p, ignore_errors=True)
             elif p.is_dir() and p != keep:
-                done.append(((p / "info.json").stat().st_mtime, p))
+                done.append(((p / "info.json").stat().st_mtime_ns, p))
         except FileNotFoundError:
             continue
     for _, p in sorted(done, reverse=True)[MAX_KEPT - 1:]:
