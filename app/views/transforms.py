@@ -8,6 +8,7 @@ import common
 from mmviz import transforms, viz
 from mmviz.arrays import gather_rows
 from mmviz.derived import stored_dtype_for
+from mmviz.retrieval import IN_MEMORY_BYTES
 
 METRICS_MAX_N = 2048  # pairs for the O(n^2) metrics here: keeps a slider step near a second at 5,000 pairs
 KINDS = {"Collapse": "collapse", "Corrupt": "corrupt", "Shift": "shift"}
@@ -124,10 +125,12 @@ fitted = transforms.make(kind, **params).fit_means(image_mean, text_mean)  # on 
 
 img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
 sampled = common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim)
-# The drawn rows after the transform. Collapse and Shift act on each row alone, so the drawn rows
-# are transformed at once and the whole set is written after the figures; Corrupt's noise
-# comes from one stream over every row, so its drawn rows are read from the stored set.
-after_set = transformed(emb, kind, params, fitted) if kind == "corrupt" or (refit and not sampled) else None
+# The drawn rows after the transform. On a large set Collapse and Shift (which act on each row
+# alone) transform the drawn sample at once and write the whole set after the figures;
+# Corrupt's noise comes from one stream over every row, so its drawn rows are read from the
+# stored set, as are a small set's (all of it is drawn: no work twice).
+early = kind != "corrupt" and len(img_rows) < len(emb.ids) and not (refit and not sampled)
+after_set = None if early else transformed(emb, kind, params, fitted)
 if after_set is None:
     dtype = stored_dtype_for(len(emb.ids), len(emb.text), emb.dim)  # as they will be stored
     after_i, after_t = (x.astype(dtype) for x in fitted.transform(gather_rows(emb.image, img_rows),
@@ -180,7 +183,9 @@ if not refit and method in ("umap2", "umap3", "dosnes"):
 
 st.subheader("Metrics before and after")
 after_set = after_set or transformed(emb, kind, params, fitted)
-images, texts = after_set.image, after_set.text  # memory maps of the stored result
+images, texts = after_set.image, after_set.text  # memory maps of the stored result ...
+if (len(images) + len(texts)) * emb.dim * 4 <= IN_MEMORY_BYTES:  # ... read whole when small: passes run faster
+    images, texts = np.array(images), np.array(texts)
 before = evaluated(emb, "none", emb.image, emb.text, queries)
 after = evaluated(emb, variant, images, texts, queries)
 common.metric_headline(before, after, HEADLINE)
