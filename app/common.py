@@ -282,3 +282,188 @@ def metric_table(before: dict, after: dict, name: str, key: str, note: str | Non
         st.caption(note)
     download("Before/after metrics (CSV)", table.to_csv(index=False), f"{name}-metrics.csv", "text/csv",
              f"{key}_dl_table")
+
+
+# ----------------------------------------------------------------------------------------
+# large sets: widgets of bounded size, rows picked by search, thumbnails of shown rows only
+
+MAX_OPTIONS = 1000  # no selectbox, multiselect or radio lists more options than this
+PICK_PAGE = 20  # matches a search picker offers at a time
+MAX_DRAWN_PAIRS = 5000  # pairs drawn in a plotly figure; larger sets show a seeded sample
+RECALL_SAMPLES = (1_000, 10_000, 100_000)  # recall query samples a page offers on a large set
+ALL_QUERIES_MAX = 50_000  # "every query" is offered up to this many pairs (a million: an hour)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _searchable(version_path: str, name: str):
+    """A Dataset kept across reruns, so its id and caption columns are read once per version
+    (a million captions: ~1 s to read, ~60 MB as Arrow), not on every search."""
+    from mmviz.store import Dataset
+
+    return Dataset(name, version_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _matches(version_path: str, name: str, query: str):
+    return _searchable(version_path, name).match(query)
+
+
+def matches(ds, query: str):
+    """Sorted row positions of the rows whose id or a caption contains `query` (all rows, as
+    a range, for an empty one), kept per dataset version and query across reruns."""
+    query = (query or "").strip()
+    return range(len(ds)) if not query else _matches(str(ds.path), ds.name, query)
+
+
+def _shift_offset(key: str, step: int) -> None:
+    st.session_state[f"{key}_offset"] = max(0, st.session_state.get(f"{key}_offset", 0) + step)
+
+
+def pager(total: int, size: int, key: str, reset_on: tuple = (), what: str = "rows") -> int:
+    """Previous / next buttons and "rows a–b of N"; returns the first row of the page shown.
+    Back to the first page when `total`, `size` or `reset_on` (e.g. the search) change."""
+    state = st.session_state
+    if state.get(f"{key}_for") != (total, size, *reset_on):
+        state[f"{key}_for"], state[f"{key}_offset"] = (total, size, *reset_on), 0
+    offset = min(state.get(f"{key}_offset", 0), max(0, (total - 1) // size * size))
+    state[f"{key}_offset"] = offset
+    if total > size:
+        prev, nxt, where = st.columns([1, 1, 5], vertical_alignment="center")
+        prev.button("Previous", key=f"{key}_prev", disabled=offset == 0, on_click=_shift_offset, args=(key, -size),
+                    icon=":material/chevron_left:", width="stretch")
+        nxt.button("Next", key=f"{key}_next", disabled=offset + size >= total, on_click=_shift_offset,
+                   args=(key, size), icon=":material/chevron_right:", width="stretch")
+        where.caption(f"{what} {offset + 1:,}–{min(offset + size, total):,} of {total:,}")
+    return offset
+
+
+def _first_caption(captions) -> str:
+    return captions[0] if len(captions) else ""
+
+
+def pick_row(ds, label: str, key: str, *, optional: bool = False, default: int | None = None,
+             help: str | None = None) -> int | None:
+    """A row of the dataset chosen by search, for sets of any size: a text box matched
+    against ids and captions (`matches`), the number of matches, and at most PICK_PAGE of them
+    at a time (previous / next for more) in a selectbox. `default`: the row offered first while
+    nothing is searched. Returns the row position, or None (optional, nothing chosen). Widget
+    keys: `key` (the selectbox of row positions), `key`_q (the search box)."""
+    query = st.text_input(label, key=f"{key}_q", placeholder="search ids and captions", help=help)
+    hits = matches(ds, query)
+    if not len(hits):
+        st.caption(f"No id or caption contains “{query.strip()}”.")
+        return None
+    offset = pager(len(hits), PICK_PAGE, key, reset_on=(query.strip(), ds.key),
+                   what="matches" if query.strip() else "rows")
+    shown = [int(r) for r in hits[offset:offset + PICK_PAGE]]
+    if default is not None and not query.strip() and offset == 0:
+        shown = [int(default)] + [r for r in shown if r != default][:PICK_PAGE - 1]
+    page = ds.rows(shown)
+    names = {r: f"{i} · {_first_caption(c)[:70]}" for r, i, c in zip(shown, page["id"], page["captions"])}
+    if query.strip() and len(hits) <= PICK_PAGE:  # more are counted by the pager
+        st.caption(f"{len(hits):,} match{'es' if len(hits) != 1 else ''}")
+    # The choice lives in session state (a widget's index applies only when it is first drawn):
+    # kept while it is among the matches shown, else the first of them, or none for an optional
+    # picker, unless a search names exactly one row.
+    if st.session_state.get(key) not in shown:
+        one = bool(query.strip()) and len(hits) == 1
+        st.session_state[key] = None if optional and not one else shown[0]
+    return st.selectbox(f"{label}: pick", shown, key=key, format_func=names.get, placeholder="none",
+                        label_visibility="collapsed")
+
+
+def image_path_of(ds, ref):
+    """A table row's `image` value as a path (stored ones are relative to the version), or None."""
+    from pathlib import Path
+
+    if not isinstance(ref, str) or not ref:
+        return None
+    return Path(ref) if Path(ref).is_absolute() else ds.path / ref
+
+
+def image_file(ds, row: int):
+    """The image file of dataset row `row` (reading its row group only), or None."""
+    return image_path_of(ds, ds.rows([row])["image"].iloc[0])
+
+
+def embedding_row(ds, emb, row: int) -> int | None:
+    """The row of `emb` (its vectors, ids) holding dataset row `row`, or None when that row
+    was not embedded (its image failed)."""
+    import numpy as np
+
+    rows = emb.table_rows  # sorted: embeddings keep the dataset's order
+    at = int(np.searchsorted(rows, row))
+    return at if at < len(rows) and rows[at] == row else None
+
+
+def dataset_row(emb, row: int) -> int:
+    """The dataset row of embedding row `row` (the inverse of embedding_row)."""
+    return int(emb.table_rows[row])
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _thumbs_of(version_path: str, name: str, ids: tuple[str, ...]) -> dict[str, bytes]:
+    from mmviz.store import Dataset
+
+    return Dataset(name, version_path).thumbnails(ids=list(ids))
+
+
+def thumbnails_of(ds, ids) -> dict[str, bytes]:
+    """id -> thumbnail of the given ids only (a large set's thumbnails never load whole)."""
+    ids = tuple(dict.fromkeys(str(i) for i in ids))
+    return _thumbs_of(str(ds.path), ds.name, ids) if ids and ds.manifest.get("images") else {}
+
+
+def drawn_pairs(n: int, text_owner, cap: int = MAX_DRAWN_PAIRS, seed: int = 0):
+    """(image rows, caption rows, owner of each drawn caption among the drawn images) of the
+    pairs a figure of n images draws: all, or a seeded sample of `cap` images with their captions,
+    so no page sends a million points to the browser."""
+    import numpy as np
+
+    owner = np.asarray(text_owner)
+    images = np.arange(n) if n <= cap else np.sort(np.random.default_rng(seed).choice(n, cap, replace=False))
+    captions = np.arange(len(owner)) if n <= cap else np.flatnonzero(np.isin(owner, images))
+    return images, captions, np.searchsorted(images, owner[captions])
+
+
+def recall_queries_choice(n: int, key: str) -> int | None:
+    """How many queries a page's recall@k uses: all (None) up to retrieval.DEFAULT_QUERIES
+    pairs; above, a seeded sample the user picks (RECALL_SAMPLES, every query up to
+    ALL_QUERIES_MAX pairs), 1,000 by default: on a million pairs that is ~10^12 products
+    instead of 10^14."""
+    from mmviz.retrieval import DEFAULT_QUERIES
+
+    if n <= DEFAULT_QUERIES:
+        return None
+    options = [s for s in RECALL_SAMPLES if s < n] + (["all"] if n <= ALL_QUERIES_MAX else [])
+    choice = st.selectbox("Recall queries", options, key=key,
+                          format_func=lambda s: f"every one of the {n:,}" if s == "all" else f"a sample of {s:,}",
+                          help=f"Recall@k of {n:,} queries against {n:,} keys is {n * n:.1e} products (hours on a "
+                               "laptop): a seeded sample of queries, each searched against every key, estimates it "
+                               "(±1.6 points at 1,000, ±0.5 at 10,000). `mmviz transform NAME --recall-queries N` "
+                               "computes any number from the command line.")
+    return None if choice == "all" else int(choice)
+
+
+LAYOUT_COPIES = 6  # float32 copies of the vectors projection.project_pairs holds at its peak (measured:
+#   23.5 GB resident for 2,000,000 x 512 when the Transforms page laid out v1m)
+LAYOUT_MAX_BYTES = 2 ** 32  # a layout of every vector is drawn up to this much; larger sets lay out a sample
+
+
+def layout_sampled(n_vectors: int, dim: int) -> bool:
+    """Whether a page lays out a seeded sample (drawn_pairs) instead of every vector: when the
+    layout of all of them would take more than LAYOUT_MAX_BYTES. Raise the bound once the
+    projection code streams large sets."""
+    return LAYOUT_COPIES * n_vectors * dim * 4 > LAYOUT_MAX_BYTES
+
+
+def sample_layout(emb, method: str, img_rows, cap_rows, images=None, texts=None, variant: dict | None = None):
+    """The layout of the drawn sample only (fitted on it), through the workspace cache:
+    `images`/`texts` (default the embeddings') are the whole sets, read at those rows."""
+    images = emb.image if images is None else images
+    texts = emb.text if texts is None else texts
+    parts = {**emb.key_parts, "sample": [len(img_rows), len(cap_rows)], "seed": 0,
+             **({"variant": variant} if variant else {})}
+    from mmviz.arrays import gather_rows
+
+    return layout_for_vectors(parts, gather_rows(images, img_rows), gather_rows(texts, cap_rows), method, 0)

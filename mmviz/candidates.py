@@ -8,7 +8,7 @@ dataset's image-caption pairs, then ranks the systems by MID and, where people s
 candidates, says how well each metric agrees with them.
 
 Foils (a caption with one object or colour word swapped, so it no longer fits the image)
-come from `make_foils`/`foil_caption` for real photos (COCO's 80 categories and common
+come from `mmviz.foils` (`make_foils`/`foil_caption`, re-exported here) for real photos (COCO's 80 categories and common
 colour words) and from the shapes world's own vocabulary for the builtin model; `probe`
 scores one caption against its foils, and `demo_candidates` builds a judged set from the
 shapes demo (ground truth, paraphrase and foil per image).
@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from .data import DataFormatError, ImportReport, _pick, _read_records
-from .models import ASSETS
+from .foils import (COCO_CATEGORIES, COLOUR_WORDS, foil_caption, make_foils, plural,  # noqa: F401 (re-exported)
+                    swap_vocabulary)
+from .models import ASSETS  # noqa: F401 (re-exported: where the vocabularies live)
 
 MAX_CANDIDATES = 1_000_000  # rows in one candidates file
 MAX_CANDIDATE_BYTES = 256 * 2**20  # size of one candidates file
@@ -39,17 +41,7 @@ DEFAULT_SYSTEM = "candidate"
 CLIP_PREFIX = "A photo depicts "  # CLIPScore's prompt (Hessel et al., 2021), for real CLIP models
 METRICS = {"clip_s": "CLIP-S", "refclip_s": "RefCLIP-S", "pmi": "PMI"}
 _REF_CHUNK = 8192  # candidates whose reference vectors are gathered at once
-
-
-def _read_vocabulary(path: Path) -> tuple[str, ...]:
-    lines = (line.strip() for line in path.read_text("utf-8").splitlines())
-    return tuple(line for line in lines if line and not line.startswith("#"))
-
-
-COCO_CATEGORIES = _read_vocabulary(ASSETS / "coco_categories.txt")
-COLOUR_WORDS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-                "gray", "grey")
-_SAME_COLOUR = {"grey": "gray"}  # spellings of one colour: never swapped for each other
+REFERENCE_MAX = 10_000  # reference pairs the Gaussian is fitted on at most (a seeded sample beyond)
 
 
 # ----------------------------------------------------------------------------------------
@@ -212,148 +204,6 @@ def match_images(cands: pd.DataFrame, ds, emb) -> tuple[pd.DataFrame, list[tuple
 
 
 # ----------------------------------------------------------------------------------------
-# foils
-
-
-_IRREGULAR_PLURALS = {"person": "people", "mouse": "mice", "knife": "knives", "tv": "tvs"}
-_SAME_PLURAL = {"sheep", "broccoli", "skis", "scissors"}
-
-
-def plural(word: str) -> str:
-    """English plural of a vocabulary word ('dog' -> 'dogs', 'wine glass' -> 'wine glasses')."""
-    if word in _IRREGULAR_PLURALS:
-        return _IRREGULAR_PLURALS[word]
-    if word in _SAME_PLURAL:
-        return word
-    if re.search(r"(s|sh|ch|x|z)$", word):
-        return word + "es"
-    if re.search(r"[^aeiou]y$", word):
-        return word[:-1] + "ies"
-    return word + "s"
-
-
-@dataclass(frozen=True)
-class _Form:
-    kind: str  # "object" or "colour"
-    word: str  # the vocabulary word (singular)
-    plural: bool
-
-
-class _Vocabulary:
-    """Whole-word, case-insensitive finder of object and colour words (with object plurals)."""
-
-    def __init__(self, objects: tuple[str, ...], colours: tuple[str, ...]):
-        self.objects = tuple(w.lower() for w in objects)
-        self.colours = tuple(w.lower() for w in colours)
-        self.forms: dict[str, list[_Form]] = {}
-        for w in self.objects:
-            self.forms.setdefault(w, []).append(_Form("object", w, False))
-            if plural(w) != w:
-                self.forms.setdefault(plural(w), []).append(_Form("object", w, True))
-        for w in self.colours:
-            self.forms.setdefault(w, []).append(_Form("colour", w, False))
-        alternatives = sorted(self.forms, key=len, reverse=True)  # longest first: "hot dog" before "dog"
-        body = "|".join(r"\s+".join(map(re.escape, f.split())) for f in alternatives)
-        self.pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w-])", re.IGNORECASE)
-
-    def _forms(self, match: re.Match) -> list[_Form]:
-        return self.forms[" ".join(match.group(0).lower().split())]
-
-    def spans(self, caption: str) -> list[tuple[int, int, _Form]]:
-        """(start, end, form) of every vocabulary word in the caption, in order. A word of
-        both kinds ("orange") is a colour right before an object word ("orange cat"), else
-        an object (the fruit)."""
-        matches = list(self.pattern.finditer(caption))
-        found = []
-        for m, after in zip(matches, matches[1:] + [None]):
-            forms = self._forms(m)
-            adjective = (after is not None and not caption[m.end():after.start()].strip()
-                         and any(f.kind == "object" for f in self._forms(after)))
-            kind = "colour" if adjective else "object"
-            found.append((m.start(), m.end(), next((f for f in forms if f.kind == kind), forms[0])))
-        return found
-
-    def alternatives(self, form: _Form) -> list[str]:
-        vocab = self.objects if form.kind == "object" else self.colours
-        same = _SAME_COLOUR.get(form.word, form.word)
-        return [w for w in vocab if w != form.word and _SAME_COLOUR.get(w, w) != same]
-
-
-_VOCABULARIES: dict[tuple, _Vocabulary] = {}
-
-
-def _vocabulary(objects, colours) -> _Vocabulary:
-    key = (tuple(objects), tuple(colours))
-    if key not in _VOCABULARIES:
-        _VOCABULARIES[key] = _Vocabulary(*key)
-    return _VOCABULARIES[key]
-
-
-_DISPLAY = {"tv": "TV", "tvs": "TVs"}  # vocabulary words written otherwise in running text
-
-
-def _same_case(like: str, word: str) -> str:
-    word = _DISPLAY.get(word, word)
-    if like.isupper() and len(like) > 2:  # "DOGS"
-        return word.upper()
-    if like.isupper() and len(like) == 2:  # an acronym ("TV") says nothing about case
-        return word
-    if like[:1].isupper():  # "Dogs", or the article "A"
-        return word[:1].upper() + word[1:]
-    return word
-
-
-def foil_caption(caption: str, rng: random.Random | int, *, objects=COCO_CATEGORIES,
-                 colours=COLOUR_WORDS) -> dict | None:
-    """The caption with exactly one object or colour word swapped for another of its kind:
-    {caption, foil, word, replacement, kind ("object" or "colour")}, or None when it names
-    none. Matching is whole-word and case-insensitive, multi-word objects ("traffic light")
-    included; the replacement keeps the word's case and number ("Dogs" -> "Cats"), and an
-    "a"/"an" right before it is fixed to suit ("a dog" -> "an elephant"). `rng` (a
-    random.Random or a seed) picks the word and its replacement."""
-    rng = random.Random(rng) if isinstance(rng, int) else rng
-    vocab = _vocabulary(objects, colours)
-    spans = [s for s in vocab.spans(caption) if vocab.alternatives(s[2])]
-    if not spans:
-        return None
-    start, end, form = rng.choice(spans)
-    new = rng.choice(vocab.alternatives(form))
-    word = caption[start:end]
-    new = _same_case(word, plural(new) if form.plural else new)
-    head = caption[:start]
-    article = re.search(r"(?<![\w-])(an?)(\s+)$", head, re.IGNORECASE)
-    if article:
-        fitting = "an" if new[:1].lower() in "aeiou" else "a"
-        head = head[:article.start()] + _same_case(article.group(1), fitting) + article.group(2)
-    return {"caption": caption, "foil": head + new + caption[end:], "word": word, "replacement": new,
-            "kind": form.kind}
-
-
-def make_foils(captions: list[str], seed: int = 0, *, objects=COCO_CATEGORIES, colours=COLOUR_WORDS) -> pd.DataFrame:
-    """One foil per caption that names an object or colour (see `foil_caption`): a DataFrame
-    with columns caption, foil, word, replacement and kind, indexed by the caption's position
-    in `captions` (captions with nothing to swap are left out). A caption's foil depends only
-    on the caption and `seed`, not on the others in the list."""
-    rows, index = [], []
-    for i, c in enumerate(captions):
-        f = foil_caption(c, random.Random(f"{seed}\0{c}"), objects=objects, colours=colours)
-        if f is not None:
-            rows.append(f)
-            index.append(i)
-    return pd.DataFrame(rows, index=index, columns=["caption", "foil", "word", "replacement", "kind"])
-
-
-def swap_vocabulary(model: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(objects, colours) to make foils with under `model`: the shapes world's own words for
-    the builtin model, COCO's categories and common colour words for any other."""
-    if model.startswith("builtin:"):
-        from .synthetic import COLOURS, SHAPES
-
-        return tuple(SHAPES), tuple(COLOURS)
-    return COCO_CATEGORIES, COLOUR_WORDS
-
-
-# ----------------------------------------------------------------------------------------
 # the demo's judged candidates
 
 
@@ -364,7 +214,27 @@ def _captions_of_rows(emb) -> list[list[int]]:
     return out
 
 
-def demo_candidates(ds, emb) -> pd.DataFrame:
+def _captions_of(emb, rows) -> dict[int, list[int]]:
+    """row -> its caption indices, for the given image rows only (one vectorised pass over
+    text_owner, no list per row of a million-row set)."""
+    owner = np.asarray(emb.text_owner)
+    out: dict[int, list[int]] = {int(r): [] for r in rows}
+    for j in np.flatnonzero(np.isin(owner, np.fromiter(out, np.int64, len(out)))):
+        out[int(owner[j])].append(int(j))
+    return out
+
+
+def reference_sample(emb, max_fit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Caption indices the reference Gaussian is fitted on: all of them up to `max_fit`
+    (default REFERENCE_MAX), else a seeded sample of that many. The Gaussian has
+    2 d (d + 1) / 2 ~ 260k parameters at d = 512: 10,000 pairs pin it down, a million only
+    take longer (and, with a caption prefix, need every caption encoded again)."""
+    max_fit = REFERENCE_MAX if max_fit is None else max_fit
+    m = len(emb.text)
+    return np.arange(m) if m <= max_fit else np.sort(np.random.default_rng(seed).choice(m, max_fit, replace=False))
+
+
+def demo_candidates(ds, emb, max_images: int | None = None, seed: int = 0) -> pd.DataFrame:
     """Judged candidates from the shapes demo set (it has a `foil` column): per image three
     systems, "ground truth" (its first caption, human 1.0), "paraphrase" (its second, human
     1.0) and "foil" (the first caption with one colour or shape word swapped, human 0.0, the
@@ -374,6 +244,7 @@ def demo_candidates(ds, emb) -> pd.DataFrame:
     `references` lists, per candidate, the caption indices (into `emb.text`) it is judged
     against: its image's captions from the third on, so that no candidate is scored against
     itself or its sibling. Images need at least 3 captions; those with fewer are left out.
+    `max_images`: at most that many images (a seeded sample, in row order) on a large set.
     """
     t = ds.table()
     if "foil" not in t.columns:
@@ -381,17 +252,21 @@ def demo_candidates(ds, emb) -> pd.DataFrame:
                          "(mmviz.builtin.make_demo); for other sets make foils with make_foils(captions) and "
                          "score them as candidates")
     foil_of = dict(zip(t["id"], zip(t["foil"], t["foil_word"] if "foil_word" in t else [None] * len(t))))
+    counts = np.bincount(np.asarray(emb.text_owner, dtype=np.int64), minlength=len(emb.ids))
+    eligible = np.flatnonzero(counts >= 3)
+    if max_images is not None and len(eligible) > max_images:
+        eligible = np.sort(np.random.default_rng(seed).choice(eligible, max_images, replace=False))
+    captions_of = _captions_of(emb, eligible)
     rows = []
-    for r, (id_, caps) in enumerate(zip(emb.ids, _captions_of_rows(emb))):
-        if len(caps) < 3:
-            continue
+    for r in eligible:
+        id_, caps = emb.ids[r], captions_of[int(r)]
         foil, word = foil_of.get(id_, (None, None))
         entries = [("ground truth", emb.captions[caps[0]], 1.0, None),
                    ("paraphrase", emb.captions[caps[1]], 1.0, None)]
         if isinstance(foil, str) and foil.strip():
             entries.append(("foil", foil, 0.0, word))
         for system, caption, human, foil_word in entries:
-            rows.append({"line": len(rows) + 1, "image": id_, "row": r, "system": system, "caption": caption,
+            rows.append({"line": len(rows) + 1, "image": id_, "row": int(r), "system": system, "caption": caption,
                          "human": human, "foil_word": foil_word, "references": caps[2:]})
     if not rows:
         raise ValueError(f"no image of dataset {ds.name} has 3 captions: demo candidates use the first two as "
@@ -417,7 +292,8 @@ def _same_text(a: str, b: str) -> bool:
 class References:
     """The reference side of scoring: dataset captions that may serve as references (`pool`,
     indices into `emb.text`), their vectors with `prefix` (`vectors[k]` for `pool[k]`), and
-    the Gaussian fitted on their pairs with the images (for PMI and MID)."""
+    the Gaussian fitted on their pairs with the images (for PMI and MID), or on a sample of
+    them (`reference_sample`)."""
 
     prefix: str
     pool: np.ndarray
@@ -427,6 +303,25 @@ class References:
 
     def __post_init__(self) -> None:
         self.position = {int(j): k for k, j in enumerate(self.pool)}
+
+    def including(self, emb, loaded, captions) -> "References":
+        """These references plus the caption indices `captions` (encoded now, with the same
+        prefix), for RefCLIP-S against them; the Gaussian stays as fitted."""
+        new = sorted(set(map(int, captions)) - set(self.position))
+        if not new:
+            return self
+        vecs = _encode_pool(emb, loaded, self.prefix, np.asarray(new, dtype=np.int64))
+        return References(self.prefix, np.concatenate([self.pool, new]).astype(np.int64),
+                          np.concatenate([self.vectors, vecs]), self.gaussian)
+
+
+def _encode_pool(emb, loaded, prefix: str, pool: np.ndarray) -> np.ndarray:
+    """Vectors of the captions `pool` with `prefix` (re-encoded), or as stored for no prefix."""
+    from .embed import encode_texts
+
+    if prefix:
+        return encode_texts(_model(emb, loaded), [prefix + emb.captions[j] for j in pool])
+    return np.asarray(emb.text[pool], dtype=np.float32)
 
 
 def _model(emb, loaded):
@@ -439,24 +334,22 @@ def _model(emb, loaded):
 
 
 def fit_references(emb, loaded=None, *, prefix: str | None = None, eps: float = 1e-3,
-                   pool=None) -> References:
+                   pool=None, fit=None) -> References:
     """Encode the reference captions (`pool`: caption indices into `emb.text`, default all)
     with `prefix` (default `default_prefix`; "" reuses the stored vectors) and fit the
-    Gaussian of (image, caption) pairs on them."""
-    from .embed import encode_texts
+    Gaussian of (image, caption) pairs on them, or on `fit` (indices within `pool`) only.
+    On a large set pass pool=reference_sample(emb): a million captions are not re-encoded."""
     from .scoring import GaussianReference, RegularisedWarning
 
     prefix = default_prefix(emb.model) if prefix is None else prefix
     pool = np.arange(len(emb.text)) if pool is None else np.asarray(sorted(set(map(int, pool))), dtype=np.int64)
     if len(pool) == 0:
         raise ValueError("no reference captions to fit the reference distribution on")
-    if prefix:
-        vectors = encode_texts(_model(emb, loaded), [prefix + emb.captions[j] for j in pool])
-    else:
-        vectors = np.asarray(emb.text[pool], dtype=np.float32)
+    vectors = _encode_pool(emb, loaded, prefix, pool)
+    on = np.arange(len(pool)) if fit is None else np.searchsorted(pool, np.asarray(sorted(set(map(int, fit)))))
     with warnings.catch_warnings():  # said once, in words, by score_candidates
         warnings.simplefilter("ignore", RegularisedWarning)
-        g = GaussianReference(eps=eps).fit(emb.image[emb.text_owner[pool]], vectors)
+        g = GaussianReference(eps=eps).fit(emb.image[np.asarray(emb.text_owner)[pool[on]]], vectors[on])
     return References(prefix, pool, vectors, g)
 
 
@@ -569,13 +462,16 @@ def score_candidates(emb, cands: pd.DataFrame, loaded=None, *, prefix: str | Non
     captions = [str(c) for c in cands["caption"]]
     if "references" in cands.columns:
         given = [list(map(int, r)) for r in cands["references"]]
-        pool = sorted({j for r in given for j in r})
+        fit = pool = np.asarray(sorted({j for r in given for j in r}), dtype=np.int64)
+        if len(pool) > REFERENCE_MAX:
+            fit = pool[np.sort(np.random.default_rng(0).choice(len(pool), REFERENCE_MAX, replace=False))]
     else:
-        by_row = _captions_of_rows(emb)
-        given = [by_row[r] for r in rows]
-        pool = None
+        by_row = _captions_of(emb, np.unique(rows))
+        given = [by_row[int(r)] for r in rows]
+        fit = reference_sample(emb)  # every caption, or a sample of a large set's
+        pool = np.union1d(fit, np.asarray([j for r in by_row.values() for j in r], dtype=np.int64))
     ref_lists = [[j for j in r if not _same_text(emb.captions[j], c)] for r, c in zip(given, captions)]
-    refs = fit_references(emb, loaded, prefix=prefix, eps=eps, pool=pool)
+    refs = fit_references(emb, loaded, prefix=prefix, eps=eps, pool=pool, fit=fit)
     vecs, scores = _score(emb, loaded, refs, rows, captions, ref_lists)
 
     ps = pd.DataFrame({"line": cands["line"].to_numpy() if "line" in cands else np.arange(1, len(cands) + 1),
@@ -628,7 +524,7 @@ def probe(emb, loaded, row: int, caption: str, n_foils: int = 5, seed: int = 0, 
     References are the image's dataset captions other than `caption`; `references` (from
     `fit_references`) saves encoding and fitting them again on every call."""
     loaded = _model(emb, loaded)
-    refs = references or fit_references(emb, loaded, prefix=prefix, eps=eps)
+    refs = references or fit_references(emb, loaded, prefix=prefix, eps=eps, pool=reference_sample(emb))
     objects, colours = swap_vocabulary(emb.model)
     foils, seen = [], {caption}
     for k in range(20 * n_foils):
@@ -641,8 +537,9 @@ def probe(emb, loaded, row: int, caption: str, n_foils: int = 5, seed: int = 0, 
             seen.add(f["foil"])
             foils.append(f)
     texts = [caption] + [f["foil"] for f in foils]
-    mine = [j for j in _captions_of_rows(emb)[row]
-            if j in refs.position and not _same_text(emb.captions[j], caption)]
+    own = [int(j) for j in np.flatnonzero(np.asarray(emb.text_owner) == row)]
+    refs = refs.including(emb, loaded, own)  # a sampled pool may lack the image's captions
+    mine = [j for j in own if not _same_text(emb.captions[j], caption)]
     _, scores = _score(emb, loaded, refs, np.full(len(texts), row, dtype=np.int64), texts, [mine] * len(texts))
     out = pd.DataFrame({"caption": texts, "kind": ["caption"] + [f["kind"] for f in foils],
                         "word": [None] + [f["word"] for f in foils],

@@ -14,20 +14,48 @@ Each estimator is fitted on a reference set, `fit(images, texts)`, and applied t
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 
+from .arrays import gather_rows, release_pages, rows_per_chunk
 from .sphere import EPS, normalise
 
 C3_SIGMA = float(np.sqrt(0.016))  # C3's noise level: variance 0.016 per coordinate
 
 
 def _matrix(x, name: str) -> np.ndarray:
-    x = np.asarray(x)
+    """x as a 2-D numeric array, not copied (a memory map stays one); values are checked chunk
+    by chunk as they are read (`_chunks`)."""
+    x = x if isinstance(x, np.ndarray) else np.asarray(x)
     if x.ndim != 2 or x.dtype.kind not in "fiu":
         raise ValueError(f"{name}: expected a 2-D numeric array (n, d), got shape {x.shape}, dtype {x.dtype}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: contains NaN or inf")
     return x
+
+
+def _chunks(x: np.ndarray, name: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, float64 copy of rows start..) of x, 16 MB at a time, each checked for NaN/inf:
+    a large memory-mapped set is never read whole."""
+    rows = rows or rows_per_chunk(x.shape[1], 8, 2 ** 24)
+    for start in range(0, len(x), rows):
+        chunk = np.asarray(x[start:start + rows], dtype=np.float64)
+        if not np.isfinite(chunk).all():
+            raise ValueError(f"{name}: contains NaN or inf")
+        yield start, chunk
+    release_pages(x)  # the pass is over: its pages need not stay resident
+
+
+def means(images, texts) -> tuple[np.ndarray, np.ndarray]:
+    """(image mean, text mean) in float64, one chunked pass over each (for `fit_means`)."""
+    return _mean(_matrix(images, "images"), "images"), _mean(_matrix(texts, "texts"), "texts")
+
+
+def _mean(x: np.ndarray, name: str) -> np.ndarray:
+    """The rows' mean in float64, accumulated chunk by chunk."""
+    total = np.zeros(x.shape[1])
+    for _, chunk in _chunks(x, name):
+        total += chunk.sum(axis=0)
+    return total / max(len(x), 1)
 
 
 def _out_dtype(x: np.ndarray):
@@ -35,7 +63,12 @@ def _out_dtype(x: np.ndarray):
 
 
 class _Transform:
-    """fit on a reference set, transform any points; subclasses set `_fit` and `_apply`."""
+    """fit on a reference set, transform any points; subclasses set `_fit` (from the two
+    modalities' means) and `_apply` (to a chunk of one modality's rows, in float64).
+
+    Everything streams in chunks, so a memory-mapped million-row set is never copied whole:
+    `fit` takes the means in one pass, `transform_chunks` yields the transformed rows (images
+    first, then texts) for a caller to write out, `transform` gathers them into arrays."""
 
     renormalise = True
 
@@ -43,27 +76,53 @@ class _Transform:
         images, texts = _matrix(images, "images"), _matrix(texts, "texts")
         if images.shape[1] != texts.shape[1]:
             raise ValueError(f"images are {images.shape[1]}-d but texts are {texts.shape[1]}-d")
-        self._fit(images.astype(np.float64), texts.astype(np.float64))
-        self.dim_ = images.shape[1]
+        return self.fit_means(_mean(images, "images"), _mean(texts, "texts"))
+
+    def fit_means(self, image_mean, text_mean):
+        """Fit from the two modalities' means (all any transform here needs): the same as
+        `fit` on the rows, without another pass over a large set whose means are known."""
+        image_mean, text_mean = np.asarray(image_mean, dtype=np.float64), np.asarray(text_mean, dtype=np.float64)
+        if image_mean.shape != text_mean.shape or image_mean.ndim != 1:
+            raise ValueError(f"means must be two (d,) vectors, got {image_mean.shape} and {text_mean.shape}")
+        self._fit(image_mean, text_mean)
+        self.dim_ = len(image_mean)
         return self
 
-    def transform(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
+    def _checked(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
         if not hasattr(self, "dim_"):
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(images, texts) first")
         images, texts = _matrix(images, "images"), _matrix(texts, "texts")
         for name, x in (("images", images), ("texts", texts)):
             if x.shape[1] != self.dim_:
                 raise ValueError(f"{name} are {x.shape[1]}-d but the transform was fitted on {self.dim_}-d vectors")
-        new_i, new_t = self._apply(images.astype(np.float64), texts.astype(np.float64))
-        if self.renormalise:
-            new_i, new_t = normalise(new_i), normalise(new_t)
-        return new_i.astype(_out_dtype(images)), new_t.astype(_out_dtype(texts))
+        return images, texts
+
+    def transform_chunks(self, images, texts, rows: int | None = None) -> Iterator[tuple[str, int, np.ndarray]]:
+        """("image" or "text", start row, transformed float64 rows) for every chunk, images
+        first: the same numbers as `transform`, whatever the chunk size."""
+        images, texts = self._checked(images, texts)
+        state = self._start()
+        for modality, x in (("image", images), ("text", texts)):
+            for start, chunk in _chunks(x, modality + "s", rows):
+                new = self._apply(chunk, modality, state)
+                yield modality, start, normalise(new) if self.renormalise else new
+
+    def transform(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
+        images, texts = self._checked(images, texts)
+        out = {"image": np.empty(images.shape, _out_dtype(images)), "text": np.empty(texts.shape, _out_dtype(texts))}
+        for modality, start, rows in self.transform_chunks(images, texts):
+            out[modality][start:start + len(rows)] = rows
+        return out["image"], out["text"]
 
     def fit_transform(self, images, texts) -> tuple[np.ndarray, np.ndarray]:
         return self.fit(images, texts).transform(images, texts)
 
-    def _fit(self, images: np.ndarray, texts: np.ndarray) -> None:
+    def _fit(self, image_mean: np.ndarray, text_mean: np.ndarray) -> None:
         pass
+
+    def _start(self):
+        """What a pass over the rows carries from chunk to chunk (Corrupt: its noise stream)."""
+        return None
 
 
 class Collapse(_Transform):
@@ -77,11 +136,11 @@ class Collapse(_Transform):
             raise ValueError(f"strength must be in [0, 1], got {strength}")
         self.renormalise, self.strength = renormalise, float(strength)
 
-    def _fit(self, images, texts):
-        self.image_mean_, self.text_mean_ = images.mean(0), texts.mean(0)
+    def _fit(self, image_mean, text_mean):
+        self.image_mean_, self.text_mean_ = image_mean, text_mean
 
-    def _apply(self, images, texts):
-        return images - self.strength * self.image_mean_, texts - self.strength * self.text_mean_
+    def _apply(self, x, modality, state):
+        return x - self.strength * (self.image_mean_ if modality == "image" else self.text_mean_)
 
 
 class Corrupt(_Transform):
@@ -105,12 +164,23 @@ class Corrupt(_Transform):
             return np.array(images, copy=True), np.array(texts, copy=True)
         return super().transform(images, texts)
 
-    def _apply(self, images, texts):
-        rng = np.random.default_rng(self.seed)
-        noise_i = rng.normal(0.0, self.sigma, images.shape)
-        noise_t = rng.normal(0.0, self.sigma, texts.shape)
-        return (images + noise_i if "image" in self.modalities else images,
-                texts + noise_t if "text" in self.modalities else texts)
+    def transform_chunks(self, images, texts, rows=None):
+        if self.sigma == 0:  # the identity: not even re-normalised
+            images, texts = self._checked(images, texts)
+            for modality, x in (("image", images), ("text", texts)):
+                for start, chunk in _chunks(x, modality + "s", rows):
+                    yield modality, start, chunk
+            return
+        yield from super().transform_chunks(images, texts, rows)
+
+    def _start(self):
+        return np.random.default_rng(self.seed)
+
+    def _apply(self, x, modality, rng):
+        # Drawn for every row in order, images then texts, whichever side gets it: chunk by
+        # chunk this is the same stream as one draw of each whole array.
+        noise = rng.normal(0.0, self.sigma, x.shape)
+        return x + noise if modality in self.modalities else x
 
 
 class Shift(_Transform):
@@ -122,14 +192,14 @@ class Shift(_Transform):
     def __init__(self, lam: float, renormalise: bool = True):
         self.lam, self.renormalise = float(lam), renormalise
 
-    def _fit(self, images, texts):
-        gap = images.mean(0) - texts.mean(0)
+    def _fit(self, image_mean, text_mean):
+        gap = image_mean - text_mean
         self.gap_length_ = float(np.linalg.norm(gap))
         self.direction_ = gap / max(self.gap_length_, EPS)
 
-    def _apply(self, images, texts):
+    def _apply(self, x, modality, state):
         step = self.lam / 2 * self.direction_
-        return images - step, texts + step
+        return x - step if modality == "image" else x + step
 
 
 TRANSFORMS = {"collapse": Collapse, "corrupt": Corrupt, "shift": Shift}
@@ -152,11 +222,14 @@ RECALL_METRICS = {f"{d}_r{k}": (f"{label} R@{k}", f"Share of {what} whose partne
                   for k in RECALL_KS}
 
 
-def evaluate(images, texts, text_owner=None, *, max_n: int = 4096, seed: int = 0) -> dict[str, float]:
+def evaluate(images, texts, text_owner=None, *, max_n: int = 4096, seed: int = 0, recall_queries: int | None = None,
+             progress=None) -> dict[str, float]:
     """Every geometry metric (geometry.all_metrics on each image and its first caption, the
     O(n^2) ones on a seeded sample of max_n pairs) and recall@1/5/10 both ways over all
-    captions (an image hits if any of its captions is retrieved). Keys: geometry.METRICS,
-    then RECALL_METRICS."""
+    captions (an image hits if any of its captions is retrieved), or over a seeded sample of
+    `recall_queries` image and caption queries each searched against every key (see
+    retrieval.recall_at_k; `progress(done, total)` follows it). Keys: geometry.METRICS, then
+    RECALL_METRICS. Memory maps are read in chunks."""
     from . import geometry
     from .retrieval import recall_at_k
 
@@ -164,8 +237,11 @@ def evaluate(images, texts, text_owner=None, *, max_n: int = 4096, seed: int = 0
     first = np.unique(owner, return_index=True)[1]
     if len(first) != len(images):
         raise ValueError(f"{len(images) - len(first)} images have no caption: every image needs one for the metrics")
-    out = geometry.all_metrics(images, np.asarray(texts)[first], seed=seed, max_n=max_n)
-    rec = recall_at_k(images, texts, RECALL_KS, text_owner=owner)
+    one_each = len(first) == len(texts) and np.array_equal(first, np.arange(len(texts)))
+    texts = texts if isinstance(texts, np.ndarray) else np.asarray(texts)
+    out = geometry.all_metrics(images, texts if one_each else texts[first], seed=seed, max_n=max_n)
+    release_pages(images, texts)  # geometry's passes read every row of the maps
+    rec = recall_at_k(images, texts, RECALL_KS, text_owner=owner, queries=recall_queries, seed=seed, progress=progress)
     out.update({f"{d}_r{k}": rec[d][k] for d in ("i2t", "t2i") for k in RECALL_KS})
     return out
 
@@ -257,12 +333,13 @@ def mixed_negative_cosines(images, texts, lam, max_n: int = 2048, seed: int = 0)
     positives "paired" cos(I_i, T_i). On gapped data the mixed negatives sit between the
     modalities, so they are closer to the anchor than the other modality's negatives are.
     At most max_n pairs (a seeded sample) keep this O(max_n^2)."""
+    images, texts = _matrix(images, "images"), _matrix(texts, "texts")
+    if images.shape != texts.shape:
+        raise ValueError(f"images and texts must be paired (n, d) arrays, got {images.shape} and {texts.shape}")
+    if len(images) > max_n:  # sample first: a large set is never converted whole
+        idx = np.sort(np.random.default_rng(seed).choice(len(images), size=max_n, replace=False))
+        images, texts = gather_rows(images, idx), gather_rows(texts, idx)
     a, b = _pair_rows(images, texts)
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"images and texts must be paired (n, d) arrays, got {a.shape} and {b.shape}")
-    if len(a) > max_n:
-        idx = np.sort(np.random.default_rng(seed).choice(len(a), size=max_n, replace=False))
-        a, b = a[idx], b[idx]
     m = slerp(a, b, lam)
     off = ~np.eye(len(a), dtype=bool)
     return {"image_text": (a @ b.T)[off], "image_mixed": (a @ m.T)[off],

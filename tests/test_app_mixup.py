@@ -37,8 +37,11 @@ def test_the_caption_angle_and_any_caption(app_home):
     _, emb = embedded_demo(app_home)
     at = open_page("mixup")
     at.toggle(key="mx_any").set_value(True).run()
+    at.selectbox(key="mx_other").set_value(5).run()  # pair 5, picked like the image
     other = int(np.flatnonzero(emb.text_owner == 5)[0])
-    at.selectbox(key="mx_text").set_value(other).run()
+    assert at.selectbox(key="mx_text").value == other  # its first caption
+    assert at.selectbox(key="mx_text").options == [f"{emb.captions[j]}  ({emb.ids[5]})"
+                                                   for j in np.flatnonzero(emb.text_owner == 5)]
     at.slider(key="mx_lam").set_value(0.3).run()
     assert not at.exception, at.exception
     a, b = emb.image[0].astype(np.float64), emb.text[other].astype(np.float64)

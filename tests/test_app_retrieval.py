@@ -102,7 +102,7 @@ def test_dataset_image_query_excludes_itself_and_marks_its_captions(demo):
     ds, emb = demo
     row = 4
     at = retrieval_page()
-    at.selectbox(key="ret_image_id").set_value(emb.ids[row]).run()
+    at.selectbox(key="ret_image_id").set_value(row).run()  # the picker's first page: rows 0-19
     assert not at.exception, at.exception
     assert not at.warning  # a stored vector: no model needed
     assert any(f"Nearest to the dataset image `{emb.ids[row]}`" in m.value for m in at.markdown)
@@ -126,7 +126,9 @@ def test_pair_panel_shows_where_the_partner_ranks(demo):
     ranks = partner_ranks(emb.image, emb.text, text_owner=emb.text_owner)
     row = int(np.flatnonzero(ranks["i2t"] > 1)[0])  # an image whose own caption is not first
     at = retrieval_page()
-    at.selectbox(key="ret_pair").set_value(emb.ids[row]).run()
+    at.text_input(key="ret_pair_q").input(emb.ids[row]).run()  # found by its id
+    assert at.selectbox(key="ret_pair").options[0].startswith(emb.ids[row])
+    at.selectbox(key="ret_pair").set_value(row).run()
     assert not at.exception, at.exception
     text = "\n".join(m.value for m in at.markdown)
     assert f"its best own caption ranks **#{ranks['i2t'][row]}** of {len(emb.text)} captions" in text
@@ -149,6 +151,6 @@ def test_vectors_only_set_needs_a_model_for_text_but_not_for_its_images(app_home
     assert any("must be embedded by the model that made this set's vectors, `precomputed:vecs`" in w.value
                for w in at.warning)
     assert not caption_cards(at)
-    at.selectbox(key="ret_image_id").set_value("2").run()
+    at.selectbox(key="ret_image_id").set_value(2).run()  # row 2, id "2"
     assert not at.exception, at.exception
     assert len(image_cards(at)) == 8 and "2" not in [c[1] for c in image_cards(at)]

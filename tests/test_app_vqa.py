@@ -57,7 +57,7 @@ def values(field) -> np.ndarray:
 
 def test_answers_and_maps_are_the_heads(page_with_tiny_head):
     at, ds, head = page_with_tiny_head
-    id_ = at.selectbox(key="vqa_image").value
+    id_ = ds.ids()[at.selectbox(key="vqa_image").value]  # the picker gives a row
     question = at.text_input(key=f"vqa_question-{id_}").value
     assert len(at.get("plotly_chart")) == 3  # answers, overlay, words-by-patches
     assert f"({head.name} head)" in " ".join(m.value for m in at.markdown)

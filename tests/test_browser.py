@@ -275,10 +275,9 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "vqa.png"), full_page=True)
         # a relation question about a two-object image; glimpse 1 was trained to find the subject
-        picker = page.get_by_label("or an image of the dataset")
-        picker.click()
+        picker = page.get_by_role("textbox", name="or an image of the dataset")  # the search picker
         picker.fill("test-000001")
-        picker.press("Enter")
+        picker.press("Enter")  # one match: picked
         expect(page.get_by_text("is the blue circle to the right of the yellow circle? → yes")).to_be_visible(
             timeout=60_000)
         box = page.get_by_label("Question")

@@ -367,3 +367,52 @@ def test_prefix_re_encodes_candidates_and_references(demo):
     owner = np.repeat(np.arange(len(sample)), [len(r) for r in sample["references"]])
     np.testing.assert_allclose(res.per_sample["refclip_s"], refclip_s(images, vecs, refs, owner), atol=1e-9)
     assert not np.allclose(res.per_sample["clip_s"], plain.per_sample["clip_s"].iloc[::12])
+
+
+def test_large_sets_fit_the_reference_gaussian_on_a_sample(demo, monkeypatch):
+    """Beyond REFERENCE_MAX captions the Gaussian is fitted on a seeded sample of them; RefCLIP-S
+    still compares each candidate with its own image's captions, and the demo's sample of
+    images is a subset of the full demo."""
+    from mmviz.scoring import GaussianReference, RegularisedWarning
+
+    ds, emb, cands, full = demo
+    monkeypatch.setattr(cm, "REFERENCE_MAX", 100)
+    sample = cm.reference_sample(emb)
+    assert len(sample) == 100 < len(emb.text) and np.all(np.diff(sample) > 0)
+    assert np.array_equal(sample, cm.reference_sample(emb))  # seeded
+    plain = cands.drop(columns="references")  # references: the image's captions
+    res = score_candidates(emb, plain)
+    assert res.n_references > 100  # the sample plus the candidates' own captions are encoded ...
+    with pytest.warns(RegularisedWarning):  # 100 pairs in 256 dimensions: shrunk, as the page's fit is
+        g = GaussianReference(eps=1e-3).fit(emb.image[emb.text_owner[sample]], emb.text[sample])
+    assert g.n_ == 100  # ... the Gaussian comes from the sample only: PMI under an independent fit of it
+    gt = (plain["system"] == "ground truth").to_numpy()
+    first = [int(np.flatnonzero(emb.text_owner == r)[0]) for r in plain["row"][gt]]  # the candidate caption
+    np.testing.assert_allclose(res.per_sample["pmi"][gt], g.pmi(emb.image[plain["row"][gt]], emb.text[first]),
+                               rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(cm, "REFERENCE_MAX", 10_000)
+    whole = score_candidates(emb, plain)
+    np.testing.assert_allclose(res.per_sample["refclip_s"], whole.per_sample["refclip_s"], atol=1e-9)
+    np.testing.assert_allclose(res.per_sample["clip_s"], whole.per_sample["clip_s"], atol=1e-12)
+    assert not np.allclose(res.per_sample["pmi"], whole.per_sample["pmi"])  # another Gaussian
+    few = demo_candidates(ds, emb, max_images=7, seed=1)
+    assert few["image"].nunique() == 7 and set(few["image"]) <= set(cands["image"])
+    assert few["row"].is_monotonic_increasing
+    for c in few.itertuples():  # the same candidates as the full demo gives for those images
+        same = cands[(cands["image"] == c.image) & (cands["system"] == c.system)].iloc[0]
+        assert (c.caption, c.references) == (same.caption, same.references)
+
+
+def test_probe_with_sampled_references_adds_its_image_captions(demo, monkeypatch):
+    _, emb, _, _ = demo
+    full = fit_references(emb)
+    monkeypatch.setattr(cm, "REFERENCE_MAX", 30)
+    sampled = fit_references(emb, pool=cm.reference_sample(emb))
+    row = next(r for r in range(len(emb.ids))
+               if not set(np.flatnonzero(emb.text_owner == r)) <= set(sampled.pool.tolist()))  # captions not sampled
+    caption = emb.captions[int(np.flatnonzero(emb.text_owner == row)[0])]
+    a = probe(emb, None, row, caption, references=full)
+    b = probe(emb, None, row, caption, references=sampled)
+    np.testing.assert_allclose(a["refclip_s"], b["refclip_s"], atol=1e-9)  # the image's own captions, encoded
+    np.testing.assert_allclose(a["clip_s"], b["clip_s"], atol=1e-12)
+    assert sampled.gaussian.n_ == 30

@@ -397,6 +397,31 @@ def test_transform_shift_zero_and_corrupt(demo_home, capsys):
     assert rc == 1 and "no dataset named 'nope'" in err
 
 
+def test_transform_recall_on_sampled_queries(demo_home, capsys):
+    from mmviz.retrieval import recall_at_k
+    from mmviz.transforms import make
+
+    home, emb = demo_home
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--shift", "0.5", "--recall-queries", "12",
+                       "--json")
+    assert rc == 0, err
+    rows = {r["key"]: r for r in json.loads(out)}
+    after_i, after_t = make("shift", lam=0.5).fit_transform(emb.image, emb.text)
+    for label, (im, tx) in (("before", (emb.image, emb.text)), ("after", (after_i, after_t))):
+        want = recall_at_k(im, tx, (1, 5, 10), emb.text_owner, queries=12, seed=0)  # 12 images, 12 captions
+        assert rows["t2i_r1"][label] == pytest.approx(want["t2i"][1], abs=1e-12)
+        assert rows["i2t_r5"][label] == pytest.approx(want["i2t"][5], abs=1e-12)
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--shift", "0.5", "--recall-queries", "12")
+    assert "recall@k over a seeded sample of 12 image and 12 caption queries" in out.splitlines()[0]
+    rc, out, err = run(capsys, "--home", home, "transform", "shapes-demo", "--shift", "0.5", "--recall-queries", "all",
+                       "--json")
+    full = recall_at_k(after_i, after_t, 1, emb.text_owner)
+    assert {r["key"]: r for r in json.loads(out)}["t2i_r1"]["after"] == pytest.approx(full["t2i"], abs=1e-12)
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(home), "transform", "shapes-demo", "--collapse", "--recall-queries", "0"])
+    assert e.value.code == 2 and "positive number of queries or 'all'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [["transform", "shapes-demo"], ["transform", "shapes-demo", "--collapse", "--shift", "1"],
                                   ["search", "shapes-demo"], ["transform", "shapes-demo", "--corrupt", "lots"],
                                   ["score", "shapes-demo"],  # one source of candidates, exactly

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from mmviz import retrieval
+from mmviz import queries, retrieval
 from mmviz.retrieval import partner_ranks, recall_at_k, topk, worst_pairs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -268,13 +268,13 @@ def loaded():
 def test_text_query_is_the_caption_embedding(loaded):
     from mmviz.embed import encode_texts
 
-    v = retrieval.text_query(loaded, "a red circle")
+    v = queries.text_query(loaded, "a red circle")
     assert v.shape == (loaded.embed_dim,)
     assert np.linalg.norm(v) == pytest.approx(1, abs=1e-5)
     np.testing.assert_array_equal(v, encode_texts(loaded, ["a red circle"])[0])
     for empty in ("", "  \n"):
         with pytest.raises(ValueError, match="empty"):
-            retrieval.text_query(loaded, empty)
+            queries.text_query(loaded, empty)
 
 
 def test_image_query_is_the_dataset_embedding(loaded, tmp_path):
@@ -287,7 +287,7 @@ def test_image_query_is_the_dataset_embedding(loaded, tmp_path):
     got = []
     encode_images(loaded, [str(path)], workers=0, on_batch=lambda idx, vecs, bad: got.append(vecs[0]))
     for image in (scene.render(), path, str(path), path.read_bytes()):
-        v = retrieval.image_query(loaded, image)
+        v = queries.image_query(loaded, image)
         assert v.shape == (loaded.embed_dim,) and v.dtype == np.float32
         np.testing.assert_allclose(v, got[0], atol=1e-5)
     assert np.linalg.norm(v) == pytest.approx(1, abs=1e-5)
@@ -297,8 +297,8 @@ def test_text_query_retrieves_its_scene(loaded):
     from mmviz import synthetic
 
     scenes = synthetic.make_world(0, 0, 8, seed=7)["test"]
-    images = np.stack([retrieval.image_query(loaded, s.render()) for s in scenes])
-    nearest = [int(topk(retrieval.text_query(loaded, s.captions[0]), images, 1)[1][0]) for s in scenes]
+    images = np.stack([queries.image_query(loaded, s.render()) for s in scenes])
+    nearest = [int(topk(queries.text_query(loaded, s.captions[0]), images, 1)[1][0]) for s in scenes]
     # measured 8 of 8 at rank 1 (chance: 1 in 8 each)
     assert sum(i == j for i, j in enumerate(nearest)) >= 7, nearest
 
@@ -312,11 +312,11 @@ def test_image_query_refuses_oversize_images(loaded, tmp_path, monkeypatch):
     monkeypatch.setenv("MMVIZ_MAX_PIXELS", "4000")
     for source in (image, path, path.read_bytes()):
         with pytest.raises(ValueError, match=r"64x64 = 4,096 pixels > limit 4,000"):
-            retrieval.image_query(loaded, source)
+            queries.image_query(loaded, source)
     monkeypatch.setenv("MMVIZ_MAX_PIXELS", "4096")
-    assert retrieval.image_query(loaded, path).shape == (loaded.embed_dim,)
+    assert queries.image_query(loaded, path).shape == (loaded.embed_dim,)
     with pytest.raises(ValueError, match="unreadable image"):
-        retrieval.image_query(loaded, b"not an image")
+        queries.image_query(loaded, b"not an image")
 
 
 def test_one_pass_both_ways_equals_two_topk_calls():

@@ -1,6 +1,7 @@
 """Captions: score candidate captions with MID, CLIP-S and RefCLIP-S, and see where they disagree."""
 import hashlib
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -13,6 +14,8 @@ from mmviz.models import ModelSpecError, ModelUnavailable, load_model
 DEMO, UPLOAD = "Demo: ground truth, paraphrase and foil", "Upload candidates (CSV or JSONL)"
 SCORES = {"clip_s": "CLIP-S", "refclip_s": "RefCLIP-S", "pmi": "PMI (MID)"}
 number = st.column_config.NumberColumn(format="%.3f")
+THUMBS_MAX = 2000  # table rows shown with thumbnails
+DEMO_MAX_IMAGES = 2000  # images of a large shapes-world set the demo judges (3 candidates each, encoded)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -25,7 +28,11 @@ def scored(key: str, cands_digest: str, prefix: str, eps: float, _emb, _cands: p
     return cand.score_candidates(_emb, _cands, load_model(_emb.model), prefix=prefix, eps=eps)
 
 
-def with_thumbs(table: pd.DataFrame, thumbs: dict[str, bytes]) -> pd.DataFrame:
+def with_thumbs(ds, table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its images' thumbnails (up to THUMBS_MAX rows: a longer table goes without)."""
+    if len(table) > THUMBS_MAX:
+        return table
+    thumbs = common.thumbnails_of(ds, table["image"])
     return table.assign(thumb=[common.data_uri(thumbs.get(str(i))) for i in table["image"]])
 
 
@@ -41,7 +48,7 @@ def show_table(table: pd.DataFrame, columns: list[str], key: str, height: int | 
 @st.cache_data(show_spinner=False, max_entries=4)
 def demo(key: str, _ds, _emb) -> pd.DataFrame | None:
     """The demo candidates of a shapes-world set (None for other sets), built once per version."""
-    return cand.demo_candidates(_ds, _emb) if "foil" in _ds.table().columns else None
+    return cand.demo_candidates(_ds, _emb, max_images=DEMO_MAX_IMAGES) if "foil" in _ds.columns() else None
 
 
 def candidates_source(ds, emb) -> pd.DataFrame | None:
@@ -79,18 +86,24 @@ def candidates_source(ds, emb) -> pd.DataFrame | None:
 
 @st.cache_resource(show_spinner="Fitting the reference distribution…", max_entries=4)
 def references(key: str, prefix: str, eps: float, _emb):
-    return cand.fit_references(_emb, load_model(_emb.model), prefix=prefix, eps=eps)
+    return cand.fit_references(_emb, load_model(_emb.model), prefix=prefix, eps=eps,
+                               pool=cand.reference_sample(_emb))  # a seeded sample of a large set's captions
 
 
-def probe_panel(ds, emb, thumbs: dict[str, bytes], prefix: str, eps: float) -> None:
+def probe_panel(ds, emb, prefix: str, eps: float) -> None:
     st.subheader("Probe: a caption against its foils")
     st.caption("Type a caption for an image: mmviz swaps one object or colour word at a time and scores each "
                "foil beside it, as in the FOIL examples of the MID paper. A good metric puts the true caption first.")
     left, right = st.columns([1, 3])
-    row = left.selectbox("Image", range(len(emb.ids)), format_func=lambda r: emb.ids[r], key="cap_probe_image")
+    with left:
+        picked = common.pick_row(ds, "Image", "cap_probe_image")
+    row = None if picked is None else common.embedding_row(ds, emb, picked)
+    if row is None:
+        return
+    thumbs = common.thumbnails_of(ds, [emb.ids[row]])
     if emb.ids[row] in thumbs:
         left.image(thumbs[emb.ids[row]], width=160)
-    first = emb.captions[int((emb.text_owner == row).argmax())]
+    first = emb.captions[int(np.flatnonzero(np.asarray(emb.text_owner) == row)[0])]
     caption = right.text_input("Caption", value=first, key=f"cap_probe_text-{row}")
     if not caption.strip():
         return
@@ -126,7 +139,6 @@ except (ModelSpecError, ModelUnavailable, ValueError) as e:
                "with it to score captions.", icon=":material/cloud_off:")
     st.stop()
 key = common.data_key(ds, emb)
-thumbs = common.thumbnails(ds)
 cands = candidates_source(ds, emb)
 with st.expander("Options"):
     prefix = st.text_input("Caption prefix", value=cand.default_prefix(emb.model), key="cap_prefix",
@@ -176,7 +188,7 @@ if cands is not None and len(cands):
 
     per = result.per_sample
     st.subheader("Every candidate")
-    show_table(with_thumbs(per, thumbs), ["thumb", "image", "system", "caption", "human", *SCORES], "cap_table",
+    show_table(with_thumbs(ds, per), ["thumb", "image", "system", "caption", "human", *SCORES], "cap_table",
                height=420)
     common.download("Scores (CSV)", per.to_csv(index=False), f"{key}-scores.csv", "text/csv", "cap_dl_scores")
     fig = px.scatter(per, x="clip_s", y="pmi", color="system", hover_data=["image", "caption"], opacity=0.7,
@@ -186,10 +198,10 @@ if cands is not None and len(cands):
 
     st.subheader("Where the metrics disagree most")
     st.caption("Candidates ranked very differently by PMI and by CLIP-S (by percentile), the largest gap first.")
-    show_table(with_thumbs(result.disagreements.head(20), thumbs),
+    show_table(with_thumbs(ds, result.disagreements.head(20)),
                ["thumb", "image", "system", "caption", "clip_s", "pmi", "rank_gap"], "cap_disagree")
     common.download("Disagreements (CSV)", result.disagreements.to_csv(index=False), f"{key}-disagreements.csv",
                     "text/csv", "cap_dl_disagree")
 
 st.divider()
-probe_panel(ds, emb, thumbs, prefix, float(eps))
+probe_panel(ds, emb, prefix, float(eps))

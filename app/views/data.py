@@ -12,22 +12,29 @@ import common
 from mmviz.data import DataFormatError
 from mmviz.embed import cache_status, embed_dataset
 from mmviz.models import ModelSpecError, ModelUnavailable
-from mmviz.store import Dataset, name_from_path, search_pairs
+from mmviz.store import Dataset, name_from_path
 
-PAGE_SIZE = 100
+PAGE_SIZES = (25, 50, 100, 200)
 UPLOAD_TYPES = ["zip", "json", "csv", "tsv", "jsonl", "parquet", "npy", "npz"]
+SKIPPED_PAGE = 100  # skipped rows listed at a time
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def browse_table(version_path: str, name: str) -> pd.DataFrame:
-    """The pairs table plus thumbnail data URLs, cached per stored version."""
-    ds = Dataset(name, Path(version_path))
-    t = ds.table().copy()
-    thumbs = ds.thumbnails()
+def page_table(ds: Dataset, rows) -> pd.DataFrame:
+    """The rows at these positions (reading only their row groups) with their thumbnails
+    (only theirs) as data URLs, the first caption and the number of captions."""
+    t = ds.rows(list(rows))
+    thumbs = common.thumbnails_of(ds, t["id"])
     t["thumbnail"] = [common.data_uri(thumbs.get(i)) for i in t["id"]]
-    t["caption"] = t["captions"].map(lambda c: c[0] if c else "")
+    t["caption"] = t["captions"].map(lambda c: c[0] if len(c) else "")
     t["n_captions"] = t["captions"].map(len)
+    t["row"] = list(rows)
     return t
+
+
+def skipped_table(skipped: list, key: str) -> None:
+    """The import's skipped rows (reason, detail), a page at a time."""
+    offset = common.pager(len(skipped), SKIPPED_PAGE, key, what="skipped rows")
+    st.dataframe(pd.DataFrame(skipped[offset:offset + SKIPPED_PAGE]), hide_index=True, width="stretch")
 
 
 def run_import(source: str, name: str, copy_images: bool, label: str | None = None) -> None:
@@ -104,7 +111,7 @@ def show_last_import() -> None:
         st.warning(w)
     if skipped:
         with st.expander(f"Skipped rows ({len(skipped):,})", expanded=len(skipped) <= 20):
-            st.dataframe(pd.DataFrame(skipped), hide_index=True, width="stretch")
+            skipped_table(skipped, "skipped_import")
 
 
 def browse_section(ds: Dataset) -> None:
@@ -121,14 +128,15 @@ def browse_section(ds: Dataset) -> None:
                f"{n_skipped:,} row{'s' if n_skipped != 1 else ''} skipped at import.")
 
     embed_section(ds)
-    table = browse_table(str(ds.path), ds.name)
-    query = st.text_input("Search captions", key="search", placeholder="substring, e.g. dog")
-    hits = search_pairs(table, query)
-    pages = max(1, -(-len(hits) // PAGE_SIZE))
     left, right = st.columns([3, 1])
-    left.write(f"{len(hits):,} of {len(table):,} pairs match." if query.strip() else f"{len(table):,} pairs.")
-    page = right.number_input("Page", 1, pages, 1, key=f"page-{ds.name}-{pages}") if pages > 1 else 1
-    view = hits.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    query = left.text_input("Search captions", key="search", placeholder="substring of a caption or an id, e.g. dog")
+    size = right.selectbox("Rows per page", PAGE_SIZES, index=PAGE_SIZES.index(100), key="page_size")
+    hits = common.matches(ds, query)
+    st.write(f"{len(hits):,} of {len(ds):,} pairs match." if query.strip() else f"{len(ds):,} pairs.")
+    offset = common.pager(len(hits), size, f"browse-{ds.name}", reset_on=(query.strip(), ds.key))
+    if not len(hits):
+        return
+    view = page_table(ds, hits[offset:offset + size])
     show = ["thumbnail", "id", "caption", "n_captions"] + [c for c in m.get("extras", []) if c in view][:4]
     if view["thumbnail"].isna().all():
         show.remove("thumbnail")
@@ -141,18 +149,16 @@ def browse_section(ds: Dataset) -> None:
             "caption": st.column_config.TextColumn("First caption", width="large"),
             "n_captions": st.column_config.NumberColumn("Captions", width="small"),
         })
-    if view.empty:
-        return
     selected = event.selection.rows if event is not None else []
     ids = view["id"].tolist()
-    if selected:
+    if selected and selected[0] < len(ids):
         st.session_state["pair_id"] = ids[selected[0]]
     if st.session_state.get("pair_id") not in ids:
         st.session_state["pair_id"] = ids[0]
     captions = dict(zip(view["id"], view["caption"]))
     pair_id = st.selectbox("Open pair", ids, key="pair_id", format_func=lambda i: f"{i} · {captions[i][:80]}",
                            help="Or click a row in the table")
-    pair_detail(ds, table, pair_id)
+    pair_detail(ds, view.iloc[ids.index(pair_id)])
 
 
 def embed_section(ds: Dataset) -> None:
@@ -205,12 +211,11 @@ def embed_section(ds: Dataset) -> None:
                 st.warning(f"Skipped {id_}: {why}")
 
 
-def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
-    idx = int(np.flatnonzero(table["id"].to_numpy() == pair_id)[0])
-    row = table.iloc[idx]
+def pair_detail(ds: Dataset, row: pd.Series) -> None:
+    idx, pair_id = int(row["row"]), row["id"]
     left, right = st.columns([1, 2])
     with left:
-        path = ds.image_path(idx)
+        path = common.image_path_of(ds, row["image"])
         if path is not None and path.is_file():
             st.image(str(path), width="content")  # natural size, shrunk to fit; never blown up
             st.caption(f"{row['width']}×{row['height']} px · sha256 {str(row['image_sha256'])[:12]}…")
@@ -227,7 +232,8 @@ def pair_detail(ds: Dataset, table: pd.DataFrame, pair_id: str) -> None:
             st.json(extras, expanded=False)
         vecs = ds.vectors()
         if vecs is not None:
-            cos = float(np.dot(vecs[0][idx], vecs[1][idx]))
+            a, t = (np.asarray(v[idx], dtype=np.float64) for v in vecs)
+            cos = float(a @ t / max(np.linalg.norm(a) * np.linalg.norm(t), 1e-12))
             st.metric("cos(image, text)", f"{cos:.3f}", help=f"Paired cosine under {ds.manifest['vector_model']}")
 
 

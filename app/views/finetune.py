@@ -122,11 +122,13 @@ def compare(folder, result: dict) -> None:
                                           np.concatenate([before["image"], after["image"]]),
                                           np.concatenate([before["text"], after["text"]]), method)
     n_txt = len(before["text"])
-    hover = viz.pair_hover(list(before["ids"]), list(before["captions"]), before["text_owner"])
+    img_rows, cap_rows, owner = common.drawn_pairs(n_img, before["text_owner"])  # a sample of a large split
+    hover = viz.pair_hover([before["ids"][r] for r in img_rows], [before["captions"][j] for j in cap_rows], owner)
     sphere = method == "dosnes"
-    parts = [(layout.image_xy[:n_img], layout.text_xy[:n_txt]), (layout.image_xy[n_img:], layout.text_xy[n_txt:])]
-    figs = [viz.pairs_figure(*xy, before["text_owner"], hover=hover, sphere=sphere, height=480, title=title,
-                             lines=n_txt <= viz.MAX_LINES)
+    parts = [(layout.image_xy[:n_img][img_rows], layout.text_xy[:n_txt][cap_rows]),
+             (layout.image_xy[n_img:][img_rows], layout.text_xy[n_txt:][cap_rows])]
+    figs = [viz.pairs_figure(*xy, owner, hover=hover, sphere=sphere, height=480, title=title,
+                             lines=len(cap_rows) <= viz.MAX_LINES)
             for xy, title in zip(parts, ("Before (start weights)", f"After {result['config']['steps']} steps"))]
     viz.same_ranges(*figs, points=[p for xy in parts for p in xy])
     cols = st.columns(2)
@@ -162,13 +164,18 @@ ds = common.current_dataset()
 if ds is None:
     st.info("No dataset yet: import one on the Data page.")
     st.stop()
-new_run_form(ws, ds, common.current_model())
+if ds.manifest.get("images"):
+    new_run_form(ws, ds, common.current_model())
+else:  # said from the manifest alone: nothing of a large set is read
+    st.info(f"{ds.name} holds {ds.manifest.get('vector_model') or 'imported'} vectors of {len(ds):,} pairs and no "
+            "images: fine-tuning trains a model's image and text towers, so it needs a set with images. Import "
+            "one on the Data page.", icon=":material/image_not_supported:")
 
 all_runs = runs.list_runs(ws)
 if not all_runs:
     st.info("No runs yet: start one above.")
     st.stop()
-ids = [r["id"] for r in all_runs]
+ids = [r["id"] for r in all_runs][:common.MAX_OPTIONS]  # newest first; the table below lists every run
 if st.session_state.get("ft_run") not in ids:
     st.session_state["ft_run"] = ids[0]
 described = {r["id"]: f"{r['id']} ({r['config'].loss}, {r['config'].model})" for r in all_runs}

@@ -31,9 +31,19 @@ def hardness_curve(key: str, _images: np.ndarray, _texts: np.ndarray) -> pd.Data
     return pd.DataFrame(rows)
 
 
+HARDNESS = ("image_text", "image_mixed", "paired")  # the cosines the histogram shows
+HIST_BINS = 80
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def hardness_at(key: str, lam: float, _images: np.ndarray, _texts: np.ndarray) -> dict:
-    return mixed_negative_cosines(_images, _texts, lam)
+    """Means and histograms (shared bin edges, densities) of the cosines at lam: a few hundred
+    numbers for the browser instead of the 4 million cosines of 2,048 sampled pairs."""
+    c = mixed_negative_cosines(_images, _texts, lam)
+    lo, hi = min(float(c[k].min()) for k in HARDNESS), max(float(c[k].max()) for k in HARDNESS)
+    edges = np.linspace(lo, hi + 1e-9, HIST_BINS + 1)
+    return {"edges": edges, **{k: {"mean": float(c[k].mean()), "density": np.histogram(c[k], edges, density=True)[0]}
+                               for k in HARDNESS}}
 
 
 def circle_figure(a: np.ndarray, b: np.ndarray, lam: float, near: np.ndarray, near_kind: list[str]) -> go.Figure:
@@ -83,12 +93,19 @@ def circle_figure(a: np.ndarray, b: np.ndarray, lam: float, near: np.ndarray, ne
 
 
 def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float) -> go.Figure:
-    """The dataset's layout with the slerp path and the re-normalised linear mixes placed in it."""
-    layout, _ = common.layout_for(ds, emb, method, 0)
+    """The dataset's layout (a seeded sample of it on a large set) with the slerp path and the
+    re-normalised linear mixes placed in it."""
     lams = np.linspace(0, 1, PATH_STEPS)
+    img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
+    if common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim):  # all of them would not fit in memory
+        layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
+        xy = (layout.image_xy, layout.text_xy)
+    else:
+        layout, _ = common.layout_for(ds, emb, method, 0)
+        xy = (layout.image_xy[img_rows], layout.text_xy[cap_rows])
     place = layout.estimator.transform
-    fig = viz.pairs_figure(layout.image_xy, layout.text_xy, emb.text_owner, sphere=method == "dosnes", lines=False,
-                           hover=viz.pair_hover(emb.ids, emb.captions, emb.text_owner), height=620)
+    hover = viz.pair_hover([emb.ids[r] for r in img_rows], [emb.captions[j] for j in cap_rows], owner)
+    fig = viz.pairs_figure(*xy, owner, sphere=method == "dosnes", lines=False, hover=hover, height=620)
     arc = place(slerp(a[None], b[None], lams).astype(np.float32))
     lin = place(linear_mix(a[None], b[None], np.linspace(0, 1, 11)).astype(np.float32))
     now = place(slerp(a, b, lam)[None].astype(np.float32))
@@ -98,7 +115,7 @@ def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float
                                marker=dict(size=4, color=LINEAR_COLOUR, symbol="x")))
     fig.add_trace(go.Scatter3d(**viz.coords(now), mode="markers", name=f"mix at λ = {lam:.2f}",
                                marker=dict(size=9, color=PICK_COLOUR)))
-    return fig
+    return fig, len(img_rows)
 
 
 def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) -> None:
@@ -106,7 +123,7 @@ def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) 
     mixes = slerp(a[None], b[None], np.array(lams)).astype(np.float32)
     img_s, img_i = topk(mixes, emb.image, k)
     txt_s, txt_i = topk(mixes, emb.text, k)
-    thumbs = common.thumbnails(ds)
+    thumbs = common.thumbnails_of(ds, [emb.ids[i] for i in img_i.ravel()])
     cols = st.columns(len(lams))
     for c, lam_, si, ii, st_, it in zip(cols, lams, img_s, img_i, txt_s, txt_i):
         c.markdown(f"**λ = {lam_:.2f}**" + (" (image)" if lam_ == 1 else " (caption)" if lam_ == 0 else ""))
@@ -127,10 +144,19 @@ ds, emb = common.dataset_and_embeddings("mx")
 key = common.data_key(ds, emb)
 
 left, mid, right = st.columns([2, 3, 2])
-row = left.selectbox("Image", range(len(emb.ids)), format_func=lambda r: emb.ids[r], key="mx_image")
-own = np.flatnonzero(emb.text_owner == row)
-any_text = left.toggle("Any caption", key="mx_any", help="Off: one of the image's own captions.")
-choices = list(range(len(emb.captions))) if any_text else own.tolist()
+with left:
+    picked = common.pick_row(ds, "Image", "mx_image")
+    row = None if picked is None else common.embedding_row(ds, emb, picked)
+    any_text = st.toggle("Any caption", key="mx_any", help="Off: one of the image's own captions.")
+    if any_text:  # a caption of any pair: found by search like the image
+        other = common.pick_row(ds, "Caption of", "mx_other")
+        source = None if other is None else common.embedding_row(ds, emb, other)
+    else:
+        source = row
+if row is None or source is None:
+    st.info("Pick an image (and a pair whose caption to mix with it): search by id or caption.")
+    st.stop()
+choices = np.flatnonzero(emb.text_owner == source).tolist()
 col = mid.selectbox("Caption", choices, key="mx_text",
                     format_func=lambda j: f"{emb.captions[j]}  ({'own' if emb.text_owner[j] == row else emb.ids[emb.text_owner[j]]})")
 lam = mid.slider("λ (1 = image, 0 = caption)", 0.0, 1.0, 0.5, 0.01, key="mx_lam")
@@ -138,7 +164,7 @@ view = right.radio("View", list(VIEWS), key="mx_view")
 k = right.slider("Neighbours", 1, 10, 3, key="mx_k")
 if col is None:
     st.stop()
-a, b = emb.image[row].astype(np.float64), emb.text[col].astype(np.float64)
+a, b = np.asarray(emb.image[row], dtype=np.float64), np.asarray(emb.text[col], dtype=np.float64)
 theta = float(np.degrees(np.arccos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1))))
 st.caption(f"Angle between them: {theta:.1f}° (cosine {np.cos(np.radians(theta)):.3f}). The slerp mix at λ = {lam:.2f} "
            f"is {(1 - lam) * theta:.1f}° from the image; the re-normalised linear mix is "
@@ -151,29 +177,32 @@ with plot:
     if VIEWS[view] is None:
         mix = slerp(a, b, lam).astype(np.float32)
         (_, ni), (_, nt) = topk(mix, emb.image, 20), topk(mix, emb.text, 20)
-        near = np.concatenate([emb.image[ni], emb.text[nt]]).astype(np.float64)
+        near = np.concatenate([emb.image[np.sort(ni)], emb.text[np.sort(nt)]]).astype(np.float64)
         st.plotly_chart(circle_figure(a / np.linalg.norm(a), b / np.linalg.norm(b), lam, near,
                                       ["image"] * len(ni) + ["text"] * len(nt)), key="mx_chart")
         st.caption("The plane through the image, the caption and the origin. Faint points: the 20 images and "
                    "captions nearest the mix, projected onto this plane (inside the circle: they leave it).")
     else:
-        st.plotly_chart(layout_figure(ds, emb, VIEWS[view], a, b, lam), key="mx_chart")
+        fig, drawn = layout_figure(ds, emb, VIEWS[view], a, b, lam)
+        st.plotly_chart(fig, key="mx_chart")
+        sample = f" Drawn: a seeded sample of {drawn:,} of the {len(emb.ids):,} pairs." if drawn < len(emb.ids) else ""
         st.caption("The path placed into the dataset's layout (new points land next to the fitted points they "
-                   "are most similar to).")
+                   f"are most similar to).{sample}")
 with side:
     st.markdown("**How hard are m2-mix's negatives?**")
     h = hardness_at(key, lam, emb.image, emb.paired_text)
     fig = go.Figure()
-    for values, name, colour in ((h["image_text"], "cos(image, other captions): CLIP's negatives", "#999"),
-                                 (h["image_mixed"], f"cos(image, other pairs' mixes at λ={lam:.2f}): m2-mix's", SLERP_COLOUR),
-                                 (h["paired"], "cos(image, own caption): positives", PICK_COLOUR)):
-        fig.add_trace(go.Histogram(x=values, name=name, histnorm="probability density", opacity=0.6, marker_color=colour))
-    fig.update_layout(barmode="overlay", height=300, margin=dict(l=0, r=0, t=10, b=0), xaxis_title="cosine",
-                      legend=dict(orientation="h", y=-0.25, yanchor="top"))
+    centres, width = (h["edges"][1:] + h["edges"][:-1]) / 2, np.diff(h["edges"])
+    for which, name, colour in (("image_text", "cos(image, other captions): CLIP's negatives", "#999"),
+                                ("image_mixed", f"cos(image, other pairs' mixes at λ={lam:.2f}): m2-mix's", SLERP_COLOUR),
+                                ("paired", "cos(image, own caption): positives", PICK_COLOUR)):
+        fig.add_trace(go.Bar(x=centres, y=h[which]["density"], width=width, name=name, opacity=0.6, marker_color=colour))
+    fig.update_layout(barmode="overlay", bargap=0, height=300, margin=dict(l=0, r=0, t=10, b=0), xaxis_title="cosine",
+                      yaxis_title="density", legend=dict(orientation="h", y=-0.25, yanchor="top"))
     st.plotly_chart(fig, key="mx_hist")
-    gain = h["image_mixed"].mean() - h["image_text"].mean()
+    gain = h["image_mixed"]["mean"] - h["image_text"]["mean"]
     st.markdown(f"At λ = {lam:.2f} an image's mixed negatives are on average **{gain:+.3f}** closer in cosine "
-                f"than CLIP's ({h['image_mixed'].mean():.3f} against {h['image_text'].mean():.3f}). Harder negatives "
+                f"than CLIP's ({h['image_mixed']['mean']:.3f} against {h['image_text']['mean']:.3f}). Harder negatives "
                 "give the contrastive loss more to push against: the effect m2-mix relies on.")
     curve = hardness_curve(key, emb.image, emb.paired_text)
     fig = go.Figure()

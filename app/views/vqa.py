@@ -57,8 +57,14 @@ def pick_image(ds):
         return upload.getvalue(), upload.name, None, Image.open(io.BytesIO(upload.getvalue())).convert("RGB")
     if ds is None:
         return None, None, None, None
-    id_ = st.selectbox("or an image of the dataset", ds.table()["id"].tolist(), key="vqa_image")
-    path = ds.image_path(id_)
+    if not ds.manifest.get("images"):
+        st.caption(f"{ds.name} holds vectors only, no images: upload one.")
+        return None, None, None, None
+    row = common.pick_row(ds, "or an image of the dataset", "vqa_image")
+    if row is None:
+        return None, None, None, None
+    id_ = ds.rows([row])["id"].iloc[0]
+    path = common.image_file(ds, row)
     if path is None or not Path(path).is_file():
         st.warning(f"The image file of {id_} is not reachable.")
         return None, None, None, None

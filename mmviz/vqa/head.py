@@ -79,7 +79,7 @@ class VQAHead:
         import torch
 
         from ..embed import image_tokens, text_tokens
-        from ..retrieval import open_query_image
+        from ..queries import open_query_image
 
         if not question.strip():
             raise ValueError("the question is empty")

@@ -163,7 +163,7 @@ def _rows(ws: Workspace, ds: Dataset) -> list[tuple[VQAExample, str]] | None:
         text = path.read_text("utf-8")
     except FileNotFoundError:
         return None
-    ids = set(ds.table()["id"])
+    ids = set(ds.ids())  # one column, not the whole table
     out: list[tuple[VQAExample, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
