@@ -445,16 +445,15 @@ def recall_queries_choice(n: int, key: str) -> int | None:
     return None if choice == "all" else int(choice)
 
 
-LAYOUT_COPIES = 6  # float32 copies of the vectors projection.project_pairs holds at its peak (measured:
-#   23.5 GB resident for 2,000,000 x 512 when the Transforms page laid out v1m)
-LAYOUT_MAX_BYTES = 2 ** 32  # a layout of every vector is drawn up to this much; larger sets lay out a sample
+LAYOUT_MAX_POINTS = 200_000  # pages that draw a sample (Transforms, Mixup) lay out every point up to this
 
 
 def layout_sampled(n_vectors: int, dim: int) -> bool:
-    """Whether a page lays out a seeded sample (drawn_pairs) instead of every vector: when the
-    layout of all of them would take more than LAYOUT_MAX_BYTES. Raise the bound once the
-    projection code streams large sets."""
-    return LAYOUT_COPIES * n_vectors * dim * 4 > LAYOUT_MAX_BYTES
+    """Whether a page that draws a sample of pairs (drawn_pairs) fits its layout on that sample
+    instead of every vector. Memory would allow the whole set (projection streams it), but on
+    2M points fitting and placing take minutes, once per transform variant, for a figure that
+    shows the sample anyway."""
+    return n_vectors > LAYOUT_MAX_POINTS
 
 
 def sample_layout(emb, method: str, img_rows, cap_rows, images=None, texts=None, variant: dict | None = None):

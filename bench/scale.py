@@ -55,10 +55,14 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 # Runs a command and prints its wall time and its peak RSS as the wrapper's only child, so
 # children measured one after another never see each other's maximum.
+# The command's own output goes to stderr: stdout carries only the wrapper's one JSON line.
+# SIGTERM to the wrapper is passed on to the command, then the wrapper reports as usual.
 WRAPPER = """
-import json, resource, subprocess, sys, time
+import json, resource, signal, subprocess, sys, time
 t = time.time()
-code = subprocess.call(sys.argv[1:])
+child = subprocess.Popen(sys.argv[1:], stdout=sys.stderr)
+signal.signal(signal.SIGTERM, lambda *_: child.send_signal(signal.SIGTERM))
+code = child.wait()
 print(json.dumps({"rc": code, "seconds": time.time() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
@@ -110,6 +114,7 @@ def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
     from playwright.sync_api import sync_playwright
 
     port = free_port()
+    # The server's output goes nowhere: a pipe nobody reads would fill up and stall it.
     server = subprocess.Popen([PY, "-c", WRAPPER, *mmviz(home, "app", "--port", str(port))], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -125,7 +130,13 @@ def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
                 t0 = time.time()
                 page.goto(url + "/gap")
-                page.wait_for_selector(".mmviz-map[data-drawn]", timeout=timeout * 1000)
+                try:
+                    # data-drawn is "" while drawing and the point count once drawn
+                    page.wait_for_selector(".mmviz-map[data-drawn]:not([data-drawn=''])",
+                                           timeout=timeout * 1000)
+                except Exception:
+                    page.screenshot(path=str(RESULTS / "scale-failure.png"), full_page=True)
+                    raise
                 drawn = time.time() - t0
                 out[f"{run}_points"] = int(page.get_attribute(".mmviz-map", "data-drawn"))
                 if run == "first_open":
@@ -139,7 +150,7 @@ def explorer(home: Path, env: dict, timeout: float = 900) -> dict:
                 page.close()
             browser.close()
     finally:
-        server.send_signal(signal.SIGTERM)  # the wrapper's child is `mmviz app`, which stops the server
+        server.send_signal(signal.SIGTERM)  # passed on to `mmviz app`, which stops the server
         try:
             server.wait(60)
         except subprocess.TimeoutExpired:

@@ -79,7 +79,7 @@ def test_common_bound_is_the_one_tested():
 
 def test_a_set_too_large_to_lay_out_whole_is_laid_out_on_the_drawn_sample(big, monkeypatch):
     common = app_common()
-    monkeypatch.setattr(common, "LAYOUT_MAX_BYTES", 0)  # as if every vector's layout would not fit in memory
+    monkeypatch.setattr(common, "LAYOUT_MAX_POINTS", 0)  # as if the set were past the bound
 
     def whole(*a, **k):
         raise AssertionError("a layout of the whole set was asked for")

@@ -181,28 +181,28 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.get_by_role("link", name="Gap explorer").click()
         expect(page.get_by_role("heading", name="Gap explorer")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("shapes-demo under builtin:shapes")).to_be_visible(timeout=60_000)
-        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("image centre").first).to_be_attached(timeout=30_000)
+        # the WebGL map draws every image and caption
+        expect(page.locator(".mmviz-map")).to_have_attribute("data-drawn", str(600 + 2400), timeout=60_000)
         expect(page.get_by_text("Gap length").first).to_be_attached(timeout=60_000)
-        page.wait_for_timeout(1500)  # let plotly finish drawing before the screenshot
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "gap_explorer.png"))
-        # lasso a patch of the plot: the selected pairs appear beside it
-        box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+        # a box around the middle of the map: the selected pairs appear beside it
+        page.locator(".mmviz-map").get_by_role("button", name="Box").click()
+        box = page.locator(".mmviz-map canvas").first.bounding_box()
         cx, cy = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5
-        page.mouse.move(cx - 60, cy - 60)
+        page.mouse.move(cx - 80, cy - 80)
         page.mouse.down()
-        for dx, dy in ((60, -60), (60, 60), (-60, 60), (-60, -60)):
-            page.mouse.move(cx + dx, cy + dy, steps=8)
+        page.mouse.move(cx + 80, cy + 80, steps=10)
         page.mouse.up()
-        expect(page.get_by_text(re.compile(r"^\d+ selected$"))).to_be_visible(timeout=30_000)
+        expect(page.get_by_text(re.compile(r"^[\d,]+ selected$"))).to_be_visible(timeout=30_000)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(ARTIFACTS / "gap_explorer_selection.png"))
         # the sphere view: DOSNES fits 2,000 of the 3,000 points and places the rest
         page.get_by_text("DOSNES sphere").click()
-        expect(page.get_by_text("Fits on at most 2,000 points")).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("Fits on a seeded sample of 2,000 points")).to_be_visible(timeout=30_000)
         # a fresh workspace: the layout is optimised (with progress shown), then drawn
-        expect(page.get_by_text("Optimising the layout: step")).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("Optimising the layout")).to_have_count(0, timeout=180_000)
+        expect(page.get_by_text("optimisation step")).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("optimisation step")).to_have_count(0, timeout=180_000)
         expect(page.locator(".js-plotly-plot #scene").first).to_be_attached(timeout=60_000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(ARTIFACTS / "gap_explorer_sphere.png"))

@@ -137,7 +137,7 @@ if after_set is None:
                                                                   gather_rows(emb.text, cap_rows)))
 else:
     after_i, after_t = gather_rows(after_set.image, img_rows), gather_rows(after_set.text, cap_rows)
-if sampled:  # every vector's layout would not fit in memory: lay out the drawn sample
+if sampled:  # a large set: lay out the drawn sample (common.layout_sampled says why)
     before_layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
     before_xy = (before_layout.image_xy, before_layout.text_xy)
 else:
@@ -171,8 +171,8 @@ plots = st.columns(2)
 plots[0].plotly_chart(fig_before, key="tf_before")
 plots[1].plotly_chart(fig_after, key="tf_after")
 if len(img_rows) < len(emb.ids):
-    on_sample = (f" The layout is fitted on this sample: one of all {len(emb.ids) + len(emb.text):,} vectors would "
-              "not fit in memory." if sampled else "")
+    on_sample = (f" The layout is fitted on this sample: one of all {len(emb.ids) + len(emb.text):,} vectors takes "
+                 "minutes for each setting (the Gap explorer draws it)." if sampled else "")
     st.caption(f"Drawn: a seeded sample of {len(img_rows):,} of the {len(emb.ids):,} images and their "
                f"{len(cap_rows):,} captions. The transform is fitted on every pair and the metrics below use them "
                f"all.{on_sample}")
