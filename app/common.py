@@ -98,6 +98,12 @@ def sidebar() -> None:
         if st.session_state["model_choice"] == OTHER:
             st.text_input("Model spec", key="model_custom", placeholder="ViT-B-32:/models/clip.safetensors")
         spec = current_model()
+        ds = current_dataset()
+        own = ds.manifest.get("vector_model") if ds is not None else None
+        if own and not ds.manifest.get("images") and spec != own:
+            # its vectors are what every page shows; the model above only embeds typed queries
+            st.caption(f"{ds.name} brings its own vectors ({own}); {spec or 'the model'} embeds only "
+                       "the text queries you type.")
         if spec:
             present, where = model_status(spec)
             if not present:
@@ -129,6 +135,14 @@ def current_dataset():
 def download(label: str, data, name: str, mime: str, key: str) -> None:
     """A download button; `data` is bytes, text, or a callable run only when it is clicked."""
     st.download_button(label, data, file_name=name, mime=mime, key=key, icon=":material/download:")
+
+
+def download_csv(label: str, table, name: str, key: str, **to_csv_kwargs) -> None:
+    """Every CSV the app hands out goes through here: mmviz.export.to_csv escapes cells a
+    spreadsheet would run as formulas (a caption such as =HYPERLINK(...)), built on click."""
+    from mmviz.export import to_csv
+
+    download(label, lambda: to_csv(table, **to_csv_kwargs), name, "text/csv", key)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -280,8 +294,7 @@ def metric_table(before: dict, after: dict, name: str, key: str, note: str | Non
                                 "meaning": st.column_config.TextColumn(width="large")})
     if note:
         st.caption(note)
-    download("Before/after metrics (CSV)", table.to_csv(index=False), f"{name}-metrics.csv", "text/csv",
-             f"{key}_dl_table")
+    download_csv("Before/after metrics (CSV)", table, f"{name}-metrics.csv", f"{key}_dl_table")
 
 
 # ----------------------------------------------------------------------------------------

@@ -262,6 +262,51 @@ def test_csv_exports_escape_formulas(tmp_path, capsys):
     assert csv == "n,t,'=col\n-1.5,a-b,'\rx\n2.0,'=1,y\n"
 
 
+def test_every_app_csv_goes_through_the_escaping_writer():
+    """No page writes CSV itself: each download goes through common.download_csv (to_csv)."""
+    app = Path(__file__).resolve().parents[1] / "app"
+    for f in app.rglob("*.py"):
+        text = f.read_text()
+        assert ".to_csv(" not in text, f"{f} writes CSV without mmviz.export.to_csv"
+        assert '"text/csv"' not in text or f.name == "common.py", f"{f} hands out CSV past download_csv"
+
+
+def test_worst_pairs_download_escapes_formula_captions(tmp_path, monkeypatch):
+    """The Retrieval page's Worst pairs CSV, as the user downloads it, on captions that are formulas."""
+    import sys
+    from io import StringIO
+
+    import pandas as pd
+
+    from conftest import open_page
+
+    n = 24
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(n, 128))
+    texts = rng.normal(size=(n, 128))  # unrelated to the images: every pair ranks badly somewhere
+    evil = [("=HYPERLINK(\"http://x\",\"c{}\")", "@SUM({})", "+cmd|' /C calc'!A{}", "-{}+3")[i % 4].format(i)
+            for i in range(n)]
+    np.save(tmp_path / "evil.npy", np.stack([images, texts]).astype(np.float32))
+    (tmp_path / "evil.txt").write_text("".join(c + "\n" for c in evil))
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".demo-offered").touch()
+    Workspace(home).import_path(tmp_path / "evil.npy", "evil", model_name="builtin:shapes")
+    monkeypatch.setenv("MMVIZ_HOME", str(home))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
+    try:
+        import common
+    finally:
+        sys.path.pop(0)
+    handed_out = {}
+    monkeypatch.setattr(common, "download", lambda label, data, name, mime, key: handed_out.update(
+        {label: data() if callable(data) else data}))
+    open_page("retrieval")
+    csv = handed_out["Worst pairs (CSV)"]
+    cells = pd.read_csv(StringIO(csv), dtype=str)["caption"].tolist()
+    assert cells and all(c.startswith("'") and c[1:] in evil for c in cells), cells
+
+
 def test_sigterm_to_mmviz_app_leaves_nothing_listening(tmp_path):
     import signal
     import socket

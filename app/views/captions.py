@@ -115,8 +115,7 @@ def probe_panel(ds, emb, prefix: str, eps: float) -> None:
         return
     with right:
         show_table(table, ["caption", "kind", "word", "replacement", *SCORES], "cap_probe_table")
-        common.download("Probe (CSV)", table.to_csv(index=False), f"{emb.ids[row]}-probe.csv", "text/csv",
-                        "cap_dl_probe")
+        common.download_csv("Probe (CSV)", table, f"{emb.ids[row]}-probe.csv", "cap_dl_probe")
         if len(table) == 1:
             st.caption("No object or colour word to swap in this caption.")
         if refs.gaussian.regularised_:
@@ -170,7 +169,7 @@ if cands is not None and len(cands):
                                 **{k: st.column_config.NumberColumn(f"mean {v}", format="%.3f")
                                    for k, v in SCORES.items() if k != "pmi"},
                                 "pmi_mean": st.column_config.NumberColumn("mean PMI", format="%.3f")})
-    common.download("Leaderboard (CSV)", board.to_csv(index=False), f"{key}-leaderboard.csv", "text/csv", "cap_dl_board")
+    common.download_csv("Leaderboard (CSV)", board, f"{key}-leaderboard.csv", "cap_dl_board")
     if result.agreement is not None:
         st.markdown("**Agreement with the human scores**")
         st.dataframe(result.agreement.replace({"metric": SCORES}), hide_index=True, width="stretch",
@@ -183,14 +182,13 @@ if cands is not None and len(cands):
         st.caption("Kendall τ against the human scores; ROC AUC when they are 0/1; pairwise accuracy over two "
                    "candidates of one image that people scored differently (as in Pascal-50S): how often the "
                    "metric prefers the one people preferred.")
-        common.download("Agreement (CSV)", result.agreement.to_csv(index=False), f"{key}-agreement.csv",
-                        "text/csv", "cap_dl_agree")
+        common.download_csv("Agreement (CSV)", result.agreement, f"{key}-agreement.csv", "cap_dl_agree")
 
     per = result.per_sample
     st.subheader("Every candidate")
     show_table(with_thumbs(ds, per), ["thumb", "image", "system", "caption", "human", *SCORES], "cap_table",
                height=420)
-    common.download("Scores (CSV)", per.to_csv(index=False), f"{key}-scores.csv", "text/csv", "cap_dl_scores")
+    common.download_csv("Scores (CSV)", per, f"{key}-scores.csv", "cap_dl_scores")
     fig = px.scatter(per, x="clip_s", y="pmi", color="system", hover_data=["image", "caption"], opacity=0.7,
                      labels={"clip_s": "CLIP-S", "pmi": "PMI"}, height=380, title="PMI against CLIP-S")
     fig.update_layout(margin=dict(l=0, r=0, t=40, b=0))
@@ -200,8 +198,8 @@ if cands is not None and len(cands):
     st.caption("Candidates ranked very differently by PMI and by CLIP-S (by percentile), the largest gap first.")
     show_table(with_thumbs(ds, result.disagreements.head(20)),
                ["thumb", "image", "system", "caption", "clip_s", "pmi", "rank_gap"], "cap_disagree")
-    common.download("Disagreements (CSV)", result.disagreements.to_csv(index=False), f"{key}-disagreements.csv",
-                    "text/csv", "cap_dl_disagree")
+    common.download_csv("Disagreements (CSV)", result.disagreements, f"{key}-disagreements.csv",
+                        "cap_dl_disagree")
 
 st.divider()
 probe_panel(ds, emb, prefix, float(eps))

@@ -10,7 +10,6 @@ import streamlit as st
 import common
 from embedding_map import embedding_map
 from mmviz import geometry, mapdata, projection, results, viz
-from mmviz.export import to_csv
 from mmviz.viz import IMAGE_COLOUR, PICK_COLOUR, TEXT_COLOUR
 
 METHODS = common.PROJECTIONS
@@ -69,11 +68,11 @@ def selection_panel(ds, emb, picked: np.ndarray, pick_key: str) -> None:
     thumbs = ds.thumbnails(ids=[emb.ids[r] for r in shown])
     for r in shown:
         id_ = emb.ids[r]
-        cols = st.columns([1, 3])
+        text = st.columns([1, 3]) if thumbs else [None, st.container()]  # no empty column without images
         if id_ in thumbs:
-            cols[0].image(thumbs[id_])
+            text[0].image(thumbs[id_])
         caps = [emb.captions[j] for j in emb.captions_of(r)]
-        cols[1].markdown(f"`{id_}`  \n" + "  \n".join(f"– {c}" for c in caps))
+        text[1].markdown(f"`{id_}`  \n" + "  \n".join(f"– {c}" for c in caps))
     if len(picked) > SHOWN:
         st.caption(f"and {len(picked) - SHOWN:,} more")
 
@@ -179,7 +178,7 @@ def metrics_panel(emb, key: str, seed: int) -> None:
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"value": st.column_config.NumberColumn(format="%.4f"),
                                 "meaning": st.column_config.TextColumn(width="large")})
-    common.download("Metrics (CSV)", to_csv(table), f"{key}-metrics.csv", "text/csv", "dl_metrics")
+    common.download_csv("Metrics (CSV)", table, f"{key}-metrics.csv", "dl_metrics")
 
 
 def cosine_panel(emb, key: str) -> None:
@@ -209,8 +208,8 @@ def spectrum_panel(emb, key: str) -> None:
     st.plotly_chart(fig, key="spectrum")
     table = pd.DataFrame({k: pd.Series(v) for k, v in spec.items()})
     table.index = table.index + 1
-    common.download("Spectrum (CSV)", to_csv(table, index_label="component", index=True), f"{key}-spectrum.csv",
-                    "text/csv", "dl_spec")
+    common.download_csv("Spectrum (CSV)", table, f"{key}-spectrum.csv", "dl_spec",
+                        index=True, index_label="component")
 
 
 # ----------------------------------------------------------------------------------------

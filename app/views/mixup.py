@@ -212,8 +212,7 @@ with side:
     fig.update_layout(height=300, margin=dict(l=0, r=0, t=10, b=0), xaxis_title="λ", yaxis_title="mean cosine",
                       legend=dict(orientation="h", y=-0.25, yanchor="top"))
     st.plotly_chart(fig, key="mx_curve")
-    common.download("Hardness by λ (CSV)", curve.to_csv(index=False), f"{key}-mixup-hardness.csv", "text/csv",
-                    "mx_dl_curve")
+    common.download_csv("Hardness by λ (CSV)", curve, f"{key}-mixup-hardness.csv", "mx_dl_curve")
 
 st.subheader("Nearest images and captions of the mix")
 neighbours_table(ds, emb, a, b, lam, k)

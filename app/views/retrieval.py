@@ -223,7 +223,7 @@ def whole_set(ds, emb, key: str, numbers: dict | None, queries: int | None) -> N
                 f"captions, each searched against all {len(emb.text):,} captions / {len(emb.ids):,} images.")
         st.caption(f"{over} Image → text: a hit when any of the image's captions is among its k nearest captions; "
                    "text → image: when the caption's own image is among its k nearest images.")
-        common.download("Recall (CSV)", recall.to_csv(index=False), f"{key}-recall.csv", "text/csv", "dl_recall")
+        common.download_csv("Recall (CSV)", recall, f"{key}-recall.csv", "dl_recall")
     worst = pd.DataFrame(numbers["worst"])
     among = "" if queries is None else f" among the {min(queries, len(emb.text)):,} sampled captions"
     st.markdown(f"**Worst-ranked pairs first**: the {len(worst)} captions{among} whose own image ranks lowest for "
@@ -245,7 +245,7 @@ def whole_set(ds, emb, key: str, numbers: dict | None, queries: int | None) -> N
                      "best_image": st.column_config.TextColumn("Best id", help="The image it is most similar to"),
                      "best_cosine": st.column_config.NumberColumn("Best cos", format="%.3f"),
                  })
-    common.download("Worst pairs (CSV)", table.to_csv(index=False), f"{key}-worst-pairs.csv", "text/csv", "dl_worst")
+    common.download_csv("Worst pairs (CSV)", table, f"{key}-worst-pairs.csv", "dl_worst")
 
 
 # ----------------------------------------------------------------------------------------

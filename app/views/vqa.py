@@ -179,8 +179,8 @@ else:
                                  f"{'all words' if wi is None else repr(result.words[wi])}, {where}"), key="vqa_overlay")
     maps[1].plotly_chart(word_region_heatmap(att, result.words, f"Words by patches, {where}"), key="vqa_heatmap")
     rows = pd.DataFrame(att.T, index=result.words)
-    common.download("Attention (CSV)", rows.to_csv(index_label="word"), f"vqa-attention-{glimpse}.csv", "text/csv",
-                    "vqa_dl_att")
+    common.download_csv("Attention (CSV)", rows, f"vqa-attention-{glimpse}.csv", "vqa_dl_att",
+                        index=True, index_label="word")
 
 metrics = head.metrics()  # read once per rerun: the table and the binding caption
 table = comparison(head, metrics)
@@ -188,8 +188,7 @@ if table is not None:
     st.subheader("Heads compared on the validation split")
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns[1:]})
-    common.download("Accuracy by question type (CSV)", table.to_csv(index=False), "vqa-accuracy.csv", "text/csv",
-                    "vqa_dl_acc")
+    common.download_csv("Accuracy by question type (CSV)", table, "vqa-accuracy.csv", "vqa_dl_acc")
     binding = (metrics or {}).get("grounding", {}).get("relation")
     if binding:
         per = "; ".join(f"glimpse {i + 1}: {x['subject']:.2f} on the first object, {x['object']:.2f} on the second"

@@ -97,8 +97,16 @@ export function drawArrow(ctx, arrow, toPixel, theme) {
   // Labels sit beyond each end, away from the shaft, so they never cover the arrow.
   for (const [px, py, text, away] of [[sx, sy, labels[0], -1], [ex, ey, labels[1], 1]]) {
     const w = ctx.measureText(text).width;
-    const lx = px + away * ux * 12 - (away * ux < 0 ? w : 0) - (Math.abs(ux) < 0.3 ? w / 2 : 0);
-    const ly = py + away * uy * 12 + (away * uy > 0 ? 14 : -2);
+    // ...but inside the canvas: a centre near the edge would otherwise cut its label off.
+    const width = ctx.canvas.width / (window.devicePixelRatio || 1);
+    const height = ctx.canvas.height / (window.devicePixelRatio || 1);
+    let lx = px + away * ux * 12 - (away * ux < 0 ? w : 0) - (Math.abs(ux) < 0.3 ? w / 2 : 0);
+    let ly = py + away * uy * 12 + (away * uy > 0 ? 14 : -2);
+    if (lx + w > width - 4 || lx < 4) {  // no room beside the end: above (or below) it instead
+      lx = Math.min(Math.max(px - w / 2, 4), width - w - 4);
+      ly = py - 10 > 18 ? py - 10 : py + 24;
+    }
+    ly = Math.min(Math.max(ly, 16), height - 4);
     ctx.lineWidth = 4;
     ctx.strokeStyle = theme.background;
     ctx.strokeText(text, lx, ly);
