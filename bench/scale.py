@@ -224,6 +224,9 @@ def main() -> None:
             if not args.skip_browser:
                 print(f"[{n:,}] Gap explorer in Chromium ...", flush=True)
                 row["explorer"] = explorer(home, env)
+            # disk per stage, for the README's memory model: datasets/, results/, layouts/, ...
+            row["workspace_mb"] = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20
+                                   for d in home.iterdir() if d.is_dir()}
             print(f"[{n:,}] top-10 of 1,000 queries ...", flush=True)
             row["search"] = search(home, name)
             i = 0 if n <= 100_000 else 1
