@@ -68,11 +68,11 @@ def selection_panel(ds, emb, picked: np.ndarray, pick_key: str) -> None:
     thumbs = ds.thumbnails(ids=[emb.ids[r] for r in shown])
     for r in shown:
         id_ = emb.ids[r]
-        text = st.columns([1, 3]) if thumbs else [None, st.container()]  # no empty column without images
+        cells = st.columns([1, 3]) if thumbs else [None, st.container()]  # no empty column without images
         if id_ in thumbs:
-            text[0].image(thumbs[id_])
+            cells[0].image(thumbs[id_])
         caps = [emb.captions[j] for j in emb.captions_of(r)]
-        text[1].markdown(f"`{id_}`  \n" + "  \n".join(f"– {c}" for c in caps))
+        cells[1].markdown(f"`{id_}`  \n" + "  \n".join(f"– {c}" for c in caps))
     if len(picked) > SHOWN:
         st.caption(f"and {len(picked) - SHOWN:,} more")
 
