@@ -308,9 +308,9 @@ ALL_QUERIES_MAX = 50_000  # "every query" is offered up to this many pairs (a mi
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _searchable(version_path: str, name: str):
-    """A Dataset kept across reruns, so its id and caption columns are read once per version
-    (a million captions: ~1 s to read, ~60 MB as Arrow), not on every search."""
+def _kept_dataset(version_path: str, name: str):
+    """A Dataset kept across reruns, so its id, caption and thumbnail-id columns are read once
+    per version (a million captions: ~1 s to read, ~60 MB as Arrow), not on every search."""
     from mmviz.store import Dataset
 
     return Dataset(name, version_path)
@@ -318,7 +318,7 @@ def _searchable(version_path: str, name: str):
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _matches(version_path: str, name: str, query: str):
-    return _searchable(version_path, name).match(query)
+    return _kept_dataset(version_path, name).match(query)
 
 
 def matches(ds, query: str):
@@ -416,9 +416,7 @@ def dataset_row(emb, row: int) -> int:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def _thumbs_of(version_path: str, name: str, ids: tuple[str, ...]) -> dict[str, bytes]:
-    from mmviz.store import Dataset
-
-    return Dataset(name, version_path).thumbnails(ids=list(ids))
+    return _kept_dataset(version_path, name).thumbnails(ids=list(ids))
 
 
 def thumbnails_of(ds, ids) -> dict[str, bytes]:
@@ -461,7 +459,7 @@ def recall_queries_choice(n: int, key: str) -> int | None:
 LAYOUT_MAX_POINTS = 200_000  # pages that draw a sample (Transforms, Mixup) lay out every point up to this
 
 
-def layout_sampled(n_vectors: int, dim: int) -> bool:
+def layout_sampled(n_vectors: int) -> bool:
     """Whether a page that draws a sample of pairs (drawn_pairs) fits its layout on that sample
     instead of every vector. Memory would allow the whole set (projection streams it), but on
     2M points fitting and placing take minutes, once per transform variant, for a figure that

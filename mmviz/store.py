@@ -140,6 +140,7 @@ class Dataset:
         self.manifest: dict = json.loads((self.path / "manifest.json").read_text("utf-8"))
         self._table = None
         self._columns: dict = {}
+        self._thumb_ids = None  # thumbs.parquet's id column, read once per Dataset object
 
     def __repr__(self) -> str:
         return f"Dataset({self.name!r}, {len(self)} pairs)"
@@ -240,10 +241,14 @@ class Dataset:
         if ids is None:
             t = pq.read_table(p).to_pydict()
             return dict(zip(t["id"], t["thumbnail"]))
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         pf = pq.ParquetFile(p)
-        all_ids = pq.read_table(p, columns=["id"]).column("id").to_pylist()
-        where = {i: k for k, i in enumerate(all_ids)}
-        rows = sorted(where[i] for i in set(ids) if i in where)
+        if self._thumb_ids is None:  # an Arrow column: no Python object per id, whatever the size
+            self._thumb_ids = pq.read_table(p, columns=["id"]).column("id").combine_chunks()
+        found = pc.index_in(pa.array(list(set(ids)), type=self._thumb_ids.type), value_set=self._thumb_ids)
+        rows = sorted(r for r in found.to_pylist() if r is not None)
         out, starts, first = {}, [], 0
         for g in range(pf.num_row_groups):
             starts.append(first)

@@ -335,6 +335,10 @@ def test_table_columns_and_thumbnails(tmp_path, workspace):
     got = {k: Image.open(io.BytesIO(v)) for k, v in thumbs.items()}
     assert {k: (im.format, im.size) for k, im in got.items()} == {
         "img/0.png": ("JPEG", (16, 16)), "img/1.png": ("JPEG", (128, 64)), "img/2.png": ("JPEG", (20, 40))}
+    # some ids only (unknown ones left out), the same bytes; asked twice of one Dataset
+    for _ in range(2):
+        assert ds.thumbnails(ids=["img/2.png", "no-such", "img/0.png"]) == {k: thumbs[k] for k in ("img/0.png", "img/2.png")}
+    assert ds.thumbnails(ids=["no-such"]) == {}
 
 
 def test_image_path_by_index_id_and_numpy_int(tmp_path, workspace):

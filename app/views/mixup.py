@@ -97,7 +97,7 @@ def layout_figure(ds, emb, method: str, a: np.ndarray, b: np.ndarray, lam: float
     re-normalised linear mixes placed in it."""
     lams = np.linspace(0, 1, PATH_STEPS)
     img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
-    if common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim):  # a whole layout would take minutes
+    if common.layout_sampled(len(emb.ids) + len(emb.text)):  # a whole layout would take minutes
         layout, _ = common.sample_layout(emb, method, img_rows, cap_rows)
         xy = (layout.image_xy, layout.text_xy)
     else:

@@ -124,7 +124,7 @@ variant = f"{kind}:{sorted(params.items())}"
 fitted = transforms.make(kind, **params).fit_means(image_mean, text_mean)  # on every pair
 
 img_rows, cap_rows, owner = common.drawn_pairs(len(emb.ids), emb.text_owner)
-sampled = common.layout_sampled(len(emb.ids) + len(emb.text), emb.dim)
+sampled = common.layout_sampled(len(emb.ids) + len(emb.text))
 # The drawn rows after the transform. On a large set Collapse and Shift (which act on each row
 # alone) transform the drawn sample at once and write the whole set after the figures;
 # Corrupt's noise comes from one stream over every row, so its drawn rows are read from the
