@@ -35,6 +35,15 @@ def launch(home, config: FinetuneConfig | None = None, run: str | os.PathLike | 
     folder = Path(run) if run is not None else create_run(home, config)
     if run is not None and is_running(folder):
         raise ValueError(f"run {folder.name} is already running (pid {read_status(folder).get('pid')})")
+    start(home, folder, ["finetune", "--resume", str(folder), "--quiet"], python)
+    return folder
+
+
+def start(home, folder: Path, argv: list[str], python: str | None = None) -> None:
+    """Start `python -m mmviz.cli --home HOME ARGV...` for the run folder `folder` in a new
+    session, its output appended to the folder's log.txt: the one way every kind of background
+    run (fine-tuning, captioner training) is started, watched and cancelled."""
+    folder = Path(folder)
     (folder / "cancel").unlink(missing_ok=True)
     (folder / "launcher.pid").unlink(missing_ok=True)
     # "created" is written before the process starts and never after, so it cannot overwrite
@@ -43,12 +52,11 @@ def launch(home, config: FinetuneConfig | None = None, run: str | os.PathLike | 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
     with open(folder / "log.txt", "ab") as log:
-        proc = subprocess.Popen([python or sys.executable, "-m", "mmviz.cli", "--home", str(_home(home)), "finetune",
-                                 "--resume", str(folder), "--quiet"], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=str(REPO), env=env, start_new_session=True)
+        proc = subprocess.Popen([python or sys.executable, "-m", "mmviz.cli", "--home", str(_home(home)), *argv],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO), env=env,
+                                start_new_session=True)
     _children[proc.pid] = proc
     (folder / "launcher.pid").write_text(str(proc.pid))
-    return folder
 
 
 def _alive(pid: int | None) -> bool:

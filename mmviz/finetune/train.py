@@ -147,14 +147,18 @@ def preflight(home, config: FinetuneConfig) -> None:
 
 def create_run(home, config: FinetuneConfig, run_id: str | None = None) -> Path:
     """Make the run folder with config.json and status "created"; returns it."""
-    base = runs_dir(home)
-    run_id = run_id or new_run_id(config)
+    return make_run_folder(runs_dir(home), run_id or new_run_id(config), asdict(config))
+
+
+def make_run_folder(base: Path, run_id: str, config: dict) -> Path:
+    """A new folder `base/run_id` (`-2`, `-3`... for two runs started in the same second) with
+    config.json and status "created": every kind of background run starts so."""
     folder, n = base / run_id, 1
-    while folder.exists():  # two runs started in the same second
+    while folder.exists():
         n += 1
         folder = base / f"{run_id}-{n}"
     folder.mkdir(parents=True)
-    atomic_write_json(folder / "config.json", asdict(config))
+    atomic_write_json(folder / "config.json", config)
     write_status(folder, "created")
     return folder
 
