@@ -15,6 +15,7 @@ pages = {
                       st.Page("views/mixup.py", title="Mixup", icon=":material/blur_linear:"),
                       st.Page("views/retrieval.py", title="Retrieval", icon=":material/search:")],
     "Evaluate": [st.Page("views/captions.py", title="Captions", icon=":material/rate_review:"),
+                 st.Page("views/captioning.py", title="Captioning", icon=":material/subtitles:"),
                  st.Page("views/vqa.py", title="VQA", icon=":material/quiz:")],
     "Train": [st.Page("views/finetune.py", title="Fine-tune", icon=":material/model_training:")],
 }

@@ -307,3 +307,57 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.mouse.wheel(0, 300)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(ARTIFACTS / "finetune_compare.png"))
+
+
+def test_captioning_page_shows_two_captioners_captions(tmp_path):
+    """The Captioning page on the embedded demo: c1 and c3 caption the first image side by side."""
+    from playwright.sync_api import expect
+
+    from conftest import embedded_demo
+    from mmviz.captioner.builtin import builtin_folder, load_builtin
+    from mmviz.models import load_model
+
+    if not all((builtin_folder(v) / "model.safetensors").exists() for v in ("c1", "c3")):
+        pytest.skip("no shipped c1 and c3 captioners")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".demo-offered").touch()
+    _, emb = embedded_demo(home, n=40)
+    tokenizer = load_model(emb.model).tokenizer
+    want = {v: load_builtin(v, tokenizer).caption(np.array(emb.image[:1]))[0] for v in ("c1", "c3")}
+    url, proc, log = start_server(tmp_path, home)
+    try:
+        with open_page(url, 1300) as page:
+            page.get_by_role("link", name="Captioning", exact=True).click()
+            expect(page.get_by_role("heading", name="Captioning", exact=True)).to_be_visible(timeout=60_000)
+            picker = page.locator('[data-testid="stMultiSelect"]').filter(has_text="Captioners")
+            expect(picker.get_by_text("paired (builtin)")).to_be_visible(timeout=60_000)  # the default: c1, c3, paired
+            picker.get_by_role("button", name="Clear all").click()
+            for v in ("c1", "c3"):
+                picker.get_by_role("combobox").click()
+                page.get_by_role("option", name=f"{v} (builtin)", exact=True).click()
+            page.keyboard.press("Escape")
+            expect(picker.get_by_text("paired (builtin)")).to_have_count(0)
+            # one column per captioner: its name, its caption, its scores (and not the other's name)
+            main = page.locator('[data-testid="stMain"]')
+            for v, caption in want.items():
+                other = "c3" if v == "c1" else "c1"
+                card = (main.locator('[data-testid="stColumn"]').filter(has=page.get_by_text(f"{v} (builtin)", exact=True))
+                        .filter(has=page.get_by_text(f"“{caption}”", exact=True))
+                        .filter(has_not=page.get_by_text(f"{other} (builtin)", exact=True)))
+                expect(card).to_have_count(1, timeout=60_000)
+                expect(card).to_be_visible()
+                expect(card.get_by_text("CLIP-S")).to_be_visible()
+            expect(main.get_by_text("paired (builtin)", exact=True)).to_have_count(0)
+            expect(page.get_by_role("button", name="Corpus metrics (CSV)")).to_be_visible(timeout=60_000)
+            expect(page.get_by_role("button", name="Send to Captions")).to_be_attached(timeout=60_000)
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "captioning.png"))
+            page.get_by_role("heading", name="Worst failures").scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "captioning_worst.png"))
+            page.get_by_role("heading", name="Train a captioner").scroll_into_view_if_needed()
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "captioning_train.png"))
+    finally:
+        stop_server(proc, log)

@@ -12,6 +12,7 @@ from mmviz.data import DataFormatError
 from mmviz.models import ModelSpecError, ModelUnavailable, load_model
 
 DEMO, UPLOAD = "Demo: ground truth, paraphrase and foil", "Upload candidates (CSV or JSONL)"
+SENT = "From the Captioning page"
 SCORES = {"clip_s": "CLIP-S", "refclip_s": "RefCLIP-S", "pmi": "PMI (MID)"}
 number = st.column_config.NumberColumn(format="%.3f")
 THUMBS_MAX = 2000  # table rows shown with thumbnails
@@ -51,10 +52,33 @@ def demo(key: str, _ds, _emb) -> pd.DataFrame | None:
     return cand.demo_candidates(_ds, _emb, max_images=DEMO_MAX_IMAGES) if "foil" in _ds.columns() else None
 
 
+def sent_candidates(ds, emb) -> pd.DataFrame | None:
+    """The captions the Captioning page sent (image, caption, system, row), if they are of this
+    dataset version under this model."""
+    table = st.session_state.get("captioning_candidates")
+    if table is None or table.attrs.get("data_key") != common.data_key(ds, emb):
+        return None
+    return table
+
+
 def candidates_source(ds, emb) -> pd.DataFrame | None:
     demo_table = demo(common.data_key(ds, emb), ds, emb)
     has_demo = demo_table is not None
-    source = st.radio("Candidates", [DEMO, UPLOAD] if has_demo else [UPLOAD], horizontal=True, key="cap_source")
+    sent = sent_candidates(ds, emb)
+    options = ([DEMO] if has_demo else []) + [UPLOAD] + ([SENT] if sent is not None else [])
+    if st.session_state.pop("captioning_candidates_new", False) and sent is not None:
+        st.session_state["cap_source"] = SENT  # just sent: show them
+    elif st.session_state.get("cap_source") not in options:
+        st.session_state.pop("cap_source", None)
+    source = st.radio("Candidates", options, horizontal=True, key="cap_source")
+    if source == SENT:
+        systems = sent.attrs.get("systems") or list(dict.fromkeys(sent["system"]))
+        st.caption(f"Captions of {sent['image'].nunique():,} images ({sent.attrs.get('split', '?')} split) by the "
+                   f"captioners {', '.join(systems)}, sent from the Captioning page. References: each image's "
+                   "dataset captions (a caption equal to one is not judged against it); no human scores.")
+        return sent
+    if "captioning_candidates" in st.session_state and sent is None:
+        st.caption("The captions sent from the Captioning page are of another dataset or model.")
     if source == DEMO:
         st.caption("Each image's first caption (ground truth), its second (a paraphrase) and a foil: a caption "
                    "with one colour or shape word swapped. References: the image's other captions. Human "

@@ -6,7 +6,7 @@ captions are scored against references and under the CLIP model (`evaluate`, `me
 `builtin` trains and ships the five variants for `builtin:shapes`; `runs` trains one on a
 workspace dataset in the background.
 """
-from .train import CaptionData, Captioner, CaptionerConfig, fit, split_images
+from .train import CaptionData, Captioner, CaptionerConfig, fit, split_images, train_on_captions
 from .variants import LABELS, VARIANTS
 
-__all__ = ["CaptionData", "Captioner", "CaptionerConfig", "LABELS", "VARIANTS", "fit", "split_images"]
+__all__ = ["CaptionData", "Captioner", "CaptionerConfig", "LABELS", "VARIANTS", "fit", "split_images", "train_on_captions"]

@@ -132,10 +132,11 @@ def launch(home, run: CaptionerRun | None = None, folder: str | os.PathLike | No
 
     if (run is None) == (folder is None):
         raise ValueError("give either a new run or the folder of one to resume")
+    resuming = folder is not None
     if run is not None:
         preflight(home, run)
-    folder = Path(folder) if folder is not None else create_run(home, run)
-    if process_runs.is_running(folder):
+    folder = Path(folder) if resuming else create_run(home, run)
+    if resuming and process_runs.is_running(folder):  # a new run is "created" until its process starts
         raise ValueError(f"captioner run {folder.name} is already running")
     process_runs.start(home, folder, ["captioner", "train", "--resume", str(folder), "--quiet"], python)
     return folder

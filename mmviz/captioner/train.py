@@ -292,3 +292,22 @@ def fit(data: CaptionData, tokenizer, config: CaptionerConfig, *, clip_model: st
             "train_seconds": round(time.time() - t0, 1), "parameters": sum(p.numel() for p in decoder.parameters()),
             **(extra_info or {})}
     return Captioner(decoder.eval(), vocab, tokenizer, info, text_mean, image_mean)
+
+
+def train_on_captions(captions: list[str], model, config: CaptionerConfig | None = None,
+                      progress: Callable[[dict], None] | None = None, **settings) -> Captioner:
+    """A captioner from captions alone, under any open_clip model (a spec or a LoadedModel):
+    only its text tower runs, so no image is needed to train. Without image vectors there is
+    no training-image mean: a collapse or c3 captioner subtracts the mean of the images it is
+    given to caption, and the paired variant is unavailable."""
+    from ..embed import encode_texts
+    from ..models import LoadedModel, load_model
+
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    config = config or CaptionerConfig(**settings)
+    check_trainable(CaptionData(np.zeros((len(captions), 1)), np.arange(len(captions)), list(captions)),
+                    config.variant, "this caption list")  # before the text tower runs
+    texts = encode_texts(loaded, list(captions))
+    data = CaptionData(texts, np.arange(len(captions)), list(captions))
+    return fit(data, loaded.tokenizer, config, clip_model=loaded.name, clip_fingerprint=loaded.fingerprint,
+               progress=progress)
