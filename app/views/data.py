@@ -128,6 +128,7 @@ def browse_section(ds: Dataset) -> None:
                f"{n_skipped:,} row{'s' if n_skipped != 1 else ''} skipped at import.")
 
     embed_section(ds)
+    report_section(ds)
     left, right = st.columns([3, 1])
     query = left.text_input("Search captions", key="search", placeholder="substring of a caption or an id, e.g. dog")
     size = right.selectbox("Rows per page", PAGE_SIZES, index=PAGE_SIZES.index(100), key="page_size")
@@ -209,6 +210,43 @@ def embed_section(ds: Dataset) -> None:
             st.success(last["message"], icon=":material/check_circle:")
             for id_, why in last["skipped"]:
                 st.warning(f"Skipped {id_}: {why}")
+
+
+def report_section(ds: Dataset) -> None:
+    """Build the set's offline HTML report (mmviz.report) under the sidebar's model, then
+    offer it for download. Kept in the session for this dataset version and model."""
+    spec = common.current_model()
+    if not spec:
+        return
+    key = (ds.key, spec)
+    with st.container(border=True):
+        left, right = st.columns([3, 1], vertical_alignment="center")
+        left.markdown(f"**Report**: {ds.name} under `{spec}` as one HTML file to share: the gap, the metrics, "
+                      "the fixes, retrieval, caption scores, a VQA example and the runs. It opens offline; nothing "
+                      "in it loads from the network.")
+        if right.button("Build report", key="report_build", width="stretch", icon=":material/description:"):
+            from mmviz.report import make_report
+
+            stage = left.empty()
+            with st.spinner(f"Building the report of {ds.name} under {spec}…"):
+                try:
+                    rep = make_report(common.workspace(), ds.name, spec,
+                                      progress=lambda done, total, what: stage.caption(f"Report: {what}"))
+                except (ModelSpecError, ModelUnavailable, ValueError, KeyError) as e:
+                    st.session_state.pop("report", None)
+                    st.error(f"Cannot build the report: {e}", icon=":material/error:")
+                else:
+                    st.session_state["report"] = {"key": key, "html": rep.html.encode("utf-8"),
+                                                  "figures": rep.figures, "seconds": rep.seconds}
+                finally:
+                    stage.empty()
+        made = st.session_state.get("report")
+        if made and made["key"] == key:
+            left.caption(f"Built in {made['seconds']:.0f} s: {len(made['html']) / 1e6:.1f} MB, "
+                         f"{made['figures']} figures.")
+            with right:
+                common.download("Download report", made["html"], f"{ds.name}-report.html", "text/html",
+                                "report_download")
 
 
 def pair_detail(ds: Dataset, row: pd.Series) -> None:

@@ -1,6 +1,6 @@
 """The `mmviz` command line: import, list, show, delete datasets; embed, measure, search,
 transform, score captions; attach VQA questions and train answer heads; train text-only captioners and
-caption; fine-tune; launch the app.
+caption; fine-tune; write an offline HTML report; launch the app.
 
 One module per command group; each defines its commands and adds them to the parser in its
 `register(sub)`, so a new command touches one module. The order of COMMAND_GROUPS is the order
@@ -12,10 +12,10 @@ import sys
 
 from ..export import TerminalSafeStream
 from ..store import Workspace
-from . import analysis, app, captioning, datasets, embedding, models, training, vqa
+from . import analysis, app, captioning, datasets, embedding, models, report, training, vqa
 from .common import EXIT_OK
 
-COMMAND_GROUPS = (datasets, embedding, analysis, models, vqa, captioning, training, app)
+COMMAND_GROUPS = (datasets, embedding, analysis, models, vqa, captioning, training, report, app)
 
 
 def build_parser() -> argparse.ArgumentParser:
