@@ -4,6 +4,7 @@ import os
 
 import streamlit as st
 
+import links
 from mmviz import projection
 from mmviz.embed import embed_dataset, stored_embeddings
 from mmviz.models import BUILTIN_SPEC, KNOWN_SPECS, ModelSpecError, ModelUnavailable, weights_status
@@ -44,6 +45,7 @@ def init_state() -> None:
         ws.home.mkdir(parents=True, exist_ok=True)
         marker.touch()
     names = ws.names()
+    links.read_sidebar(names, [*KNOWN_SPECS, *tuned_models(str(ws.home))], OTHER)  # a link's dataset and model
     if PENDING in st.session_state:
         st.session_state["dataset"] = st.session_state.pop(PENDING)
     if st.session_state.get("dataset") not in names:
@@ -109,6 +111,11 @@ def sidebar() -> None:
             if not present:
                 st.warning(f"{spec}: {where}. Embedding with it will fail until its weights are here; "
                            f"{BUILTIN_SPEC} always works.", icon=":material/cloud_off:")
+
+
+def link_state(page: str, params: list) -> None:
+    """The page's controls in the URL, with the sidebar's dataset and model (see links.py)."""
+    links.bind(page, params, st.session_state.get("dataset"), current_model() or None)
 
 
 def current_model() -> str:

@@ -309,24 +309,39 @@ def test_first_launch_opens_the_demo_and_embeds_it_offline(fresh_server):
         page.screenshot(path=str(ARTIFACTS / "finetune_compare.png"))
 
 
-def test_captioning_page_shows_two_captioners_captions(tmp_path):
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The app on a 40-pair embedded demo, shared by the tests below: (url, home)."""
+    from conftest import embedded_demo
+
+    chromium_path()  # skip before starting a server when there is no browser
+    tmp = tmp_path_factory.mktemp("demo-server")
+    home = tmp / "home"
+    home.mkdir()
+    (home / ".demo-offered").touch()
+    embedded_demo(home, n=40)
+    url, proc, log = start_server(tmp, home)
+    yield url, home
+    stop_server(proc, log)
+
+
+def test_captioning_page_shows_two_captioners_captions(demo_server):
     """The Captioning page on the embedded demo: c1 and c3 caption the first image side by side."""
     from playwright.sync_api import expect
 
-    from conftest import embedded_demo
     from mmviz.captioner.builtin import builtin_folder, load_builtin
+    from mmviz.embed import stored_embeddings
     from mmviz.models import load_model
+    from mmviz.store import Workspace
 
     if not all((builtin_folder(v) / "model.safetensors").exists() for v in ("c1", "c3")):
         pytest.skip("no shipped c1 and c3 captioners")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / ".demo-offered").touch()
-    _, emb = embedded_demo(home, n=40)
+    url, home = demo_server
+    ws = Workspace(home)
+    emb = stored_embeddings(ws, ws.open("shapes-demo"), "builtin:shapes")
     tokenizer = load_model(emb.model).tokenizer
     want = {v: load_builtin(v, tokenizer).caption(np.array(emb.image[:1]))[0] for v in ("c1", "c3")}
-    url, proc, log = start_server(tmp_path, home)
-    try:
+    if True:
         with open_page(url, 1300) as page:
             page.get_by_role("link", name="Captioning", exact=True).click()
             expect(page.get_by_role("heading", name="Captioning", exact=True)).to_be_visible(timeout=60_000)
@@ -359,5 +374,31 @@ def test_captioning_page_shows_two_captioners_captions(tmp_path):
             page.get_by_role("heading", name="Train a captioner").scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             page.screenshot(path=str(ARTIFACTS / "captioning_train.png"))
-    finally:
-        stop_server(proc, log)
+
+
+def test_a_link_reopens_the_view_and_follows_the_controls(demo_server):
+    """A Transforms link names the dataset, the transform, its strength and the projection; the
+    page opens on them, and a changed control is written back into the address."""
+    from playwright.sync_api import expect
+
+    url, _ = demo_server
+    with open_page(f"{url}/transforms?dataset=shapes-demo&model=builtin%3Ashapes&transform=collapse&strength=0.35"
+                   "&projection=pca2", 1100) as page:
+        main = page.locator('[data-testid="stMain"]')
+        expect(page.get_by_role("heading", name="Transforms", exact=True)).to_be_visible(timeout=60_000)
+        expect(main.get_by_role("radio", name="Collapse")).to_be_checked(timeout=60_000)
+        expect(main.get_by_role("radio", name="PCA 2D")).to_be_checked()
+        expect(main.locator('[data-testid="stSlider"]').filter(has_text="Strength").get_by_text("0.35")).to_be_visible()
+        expect(page.locator('[data-testid="stSidebar"]').get_by_role("combobox", name="Dataset")).to_have_value("shapes-demo")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(ARTIFACTS / "link_opened.png"))
+        main.get_by_text("Gap axis", exact=True).click()
+        page.wait_for_url(lambda u: "projection=gap2" in u, timeout=60_000)
+        assert "strength=0.35" in page.url and "dataset=shapes-demo" in page.url
+        main.get_by_role("button", name="Copy link").click()
+        expect(page.get_by_text("projection=gap2", exact=False).first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "link_copy.png"))
+    with open_page(f"{url}/transforms?projection=tsne&strength=9", 900) as page:
+        expect(page.get_by_text("Ignored in the link", exact=False)).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("projection=tsne: expected one of gap2", exact=False)).to_be_visible()
+        expect(page.locator('[data-testid="stMain"]').get_by_role("radio", name="Gap axis")).to_be_checked()

@@ -7,6 +7,7 @@ import plotly.express as px
 import streamlit as st
 
 import common
+import links
 from mmviz import candidates as cand
 from mmviz.data import DataFormatError
 from mmviz.models import ModelSpecError, ModelUnavailable, load_model
@@ -149,6 +150,8 @@ def probe_panel(ds, emb, prefix: str, eps: float) -> None:
 
 
 st.title("Captions")
+common.link_state("captions", [links.choice("candidates", "cap_source", {DEMO: "demo", UPLOAD: "upload", SENT: "captioning"}),
+                               links.text("prefix", "cap_prefix")])
 st.caption("Find the captions that are wrong and compare captioning systems. CLIP-S (Hessel et al., 2021) scores "
            "a pair by its cosine; RefCLIP-S adds the reference captions; MID (Kim et al., NeurIPS 2022) fits "
            "Gaussians to the reference pairs and scores each candidate by point-wise mutual information (PMI), "

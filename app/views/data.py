@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import common
+import links
 from mmviz.data import DataFormatError
 from mmviz.embed import cache_status, embed_dataset
 from mmviz.models import ModelSpecError, ModelUnavailable
@@ -290,6 +291,7 @@ def manage_section(ds: Dataset) -> None:
 
 
 st.title("Data")
+common.link_state("data", [links.text("query", "search"), links.choice("rows", "page_size", {n: str(n) for n in PAGE_SIZES})])
 ds = common.current_dataset()
 import_section(expanded=ds is None or "last_import" in st.session_state)
 if ds is None:

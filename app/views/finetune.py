@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import common
+import links
 from mmviz import viz
 from mmviz.finetune import runs
 from mmviz.models import ModelSpecError, ModelUnavailable
@@ -156,6 +157,7 @@ def past_runs(all_runs: list[dict]) -> None:
 
 
 st.title("Fine-tune")
+common.link_state("finetune", [links.text("run", "ft_run"), links.choice("projection", "ft_method", COMPARE_PROJECTIONS)])
 st.caption("Check whether a fix that works in embedding space survives training: a few minutes of CLIP-loss, "
            "m2-mix or C3-noise fine-tuning, run in the background, then the same metrics and layout before and "
            "after. The command line does the same: `mmviz finetune NAME --loss m2mix`, also under torchrun.")

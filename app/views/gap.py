@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import common
+import links
 from embedding_map import embedding_map
 from mmviz import geometry, mapdata, projection, results, viz
 from mmviz.viz import IMAGE_COLOUR, PICK_COLOUR, TEXT_COLOUR
@@ -220,6 +221,8 @@ def spectrum_panel(emb, key: str) -> None:
 
 
 st.title("Gap explorer")
+common.link_state("gap", [links.choice("projection", "gap_method", METHODS), links.integer("seed", "gap_seed", 0, 10_000),
+                          links.text("highlight", "gap_highlight"), links.flag("lines", "gap_lines")])
 ds, emb = common.dataset_and_embeddings("gap")
 st.caption(f"**{ds.name}** under `{emb.model}`: {len(emb.ids):,} images and {len(emb.text):,} captions, "
            f"{emb.dim}-d. Blue: images; orange: captions.")

@@ -5,6 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 import common
+import links
 from mmviz import viz
 from mmviz.retrieval import topk
 from mmviz.transforms import linear_mix, mixed_negative_cosines, slerp
@@ -137,6 +138,8 @@ def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) 
 
 
 st.title("Mixup")
+common.link_state("mixup", [links.number("lam", "mx_lam", 0.0, 1.0), links.choice("view", "mx_view", {"Great circle (exact)": "circle", "DOSNES sphere": "dosnes", "PCA 3D": "pca3"}),
+                            links.integer("k", "mx_k", 1, 10), links.flag("any", "mx_any")])
 st.caption("Geodesic multimodal mixup (m2-mix, Oh et al., NeurIPS 2023) mixes an image and a caption along the "
            "great circle between them (slerp), so the mix stays on the sphere where the embeddings live; plain "
            "linear mixup cuts through the inside. λ = 1 is the image, λ = 0 the caption.")

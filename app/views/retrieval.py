@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import common
+import links
 from mmviz.models import ModelSpecError, ModelUnavailable, load_model
 from mmviz.results import cached_json
 from mmviz.queries import image_query, text_query
@@ -270,6 +271,7 @@ def escape(text: str) -> str:
 
 
 st.title("Retrieval")
+common.link_state("retrieval", [links.text("query", "ret_text"), links.integer("k", "ret_k", 1, 50)])
 ds, emb = common.dataset_and_embeddings("ret")
 st.caption(f"**{ds.name}** under `{emb.model}`: {len(emb.ids):,} images and {len(emb.text):,} captions, "
            f"{emb.dim}-d. Scores are cosines.")

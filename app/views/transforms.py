@@ -5,6 +5,7 @@ import numpy as np
 import streamlit as st
 
 import common
+import links
 from mmviz import transforms, viz
 from mmviz.arrays import gather_rows
 from mmviz.derived import stored_dtype_for
@@ -101,6 +102,11 @@ HEADLINE = {"gap_length": "inverse", "i2t_r1": "normal", "uniformity_union": "in
 
 
 st.title("Transforms")
+common.link_state("transforms", [
+    links.choice("transform", "tf_kind", KINDS), links.number("strength", "tf_strength", 0.0, 1.0),
+    links.number("sigma", "tf_sigma", 0.0, 0.5), links.integer("seed", "tf_seed", 0, 10_000),
+    links.number("lam", "tf_lam", -1.0, 2.0), links.choice("projection", "tf_method", common.PROJECTIONS),
+    links.choice("after", "tf_place", {"Place in the before layout": "place", "Refit on the result": "refit"})])
 st.caption("Try the fixes from the literature on the current embeddings: the same layout and the same numbers, "
            "before and after. Nothing stored is changed.")
 ds, emb = common.dataset_and_embeddings("tf")

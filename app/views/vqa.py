@@ -10,6 +10,7 @@ import streamlit as st
 from PIL import Image
 
 import common
+import links
 from mmviz.models import ModelSpecError, ModelUnavailable
 from mmviz.vqa import BUILTIN_VQA_DIR, VQAHead
 
@@ -118,6 +119,7 @@ def comparison(head: VQAHead, metrics: dict | None) -> pd.DataFrame | None:
 
 
 st.title("VQA")
+common.link_state("vqa", [links.text("head", "vqa_head")])
 st.caption("Ask a question about an image. A bilinear attention network (BAN; Kim, Jun and Zhang, NeurIPS 2018) "
            "joins every image patch with every question word of the frozen CLIP model, in several glimpses; "
            "its maps show which regions it joined with which words.")
