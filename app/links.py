@@ -123,6 +123,34 @@ def listing(name: str, key: str) -> Param:
     return Param(name, key, parse, lambda items: ",".join(items))
 
 
+MAX_IDS = 20  # a selection goes into the link when it is this small
+
+
+class FromLink(list):
+    """Ids that came from a link and still wait to be applied (to a selection, say)."""
+
+
+def ids(name: str, key: str) -> Param:
+    """A few ids (a selection), comma-separated; parsed as FromLink so the page can tell a
+    link's ids, to apply once, from the ones it keeps in sync itself."""
+    def parse(value: str) -> FromLink:
+        items = [v for v in value.split(",") if v]
+        if len(items) > MAX_IDS:
+            raise ValueError(f"more than {MAX_IDS} ids")
+        return FromLink(items)
+
+    return Param(name, key, parse, lambda items: ",".join(items))
+
+
+def write(name: str, value: str | None) -> None:
+    """One parameter written now, from a fragment's rerun, which does not rerun `bind`."""
+    if value:
+        if st.query_params.get(name) != value:
+            st.query_params[name] = value
+    elif name in st.query_params:
+        del st.query_params[name]
+
+
 def read_sidebar(names: list[str], known_models: list[str], other: str) -> None:
     """Once per session, before the sidebar: the link's dataset and model into their pickers."""
     from mmviz.models import ModelSpecError, parse_spec

@@ -58,7 +58,7 @@ def values(field) -> np.ndarray:
 def test_answers_and_maps_are_the_heads(page_with_tiny_head):
     at, ds, head = page_with_tiny_head
     id_ = ds.ids()[at.selectbox(key="vqa_image").value]  # the picker gives a row
-    question = at.text_input(key=f"vqa_question-{id_}").value
+    question = at.text_input(key="vqa_question").value
     assert len(at.get("plotly_chart")) == 3  # answers, overlay, words-by-patches
     assert f"({head.name} head)" in " ".join(m.value for m in at.markdown)
 
@@ -72,9 +72,14 @@ def test_answers_and_maps_are_the_heads(page_with_tiny_head):
         assert at.selectbox(key="vqa_word").options[1:] == want.words
 
     check(question)
-    at.text_input(key=f"vqa_question-{id_}").input("how many shapes are there?").run()  # a typed question
+    at.text_input(key="vqa_question").input("how many shapes are there?").run()  # a typed question
     assert not at.exception, at.exception
     check("how many shapes are there?")
+    # another image starts from its own first question again (the typed one was for the first image)
+    at.text_input(key="vqa_image_q").input(ds.ids()[1]).run()  # a search naming one row picks it
+    assert not at.exception, at.exception
+    assert ds.ids()[at.selectbox(key="vqa_image").value] == ds.ids()[1]
+    assert at.text_input(key="vqa_question").value != "how many shapes are there?"
 
 
 def test_glimpse_and_word_selectors(page_with_tiny_head):

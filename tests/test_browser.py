@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -329,18 +328,24 @@ def test_captioning_page_shows_two_captioners_captions(demo_server):
     """The Captioning page on the embedded demo: c1 and c3 caption the first image side by side."""
     from playwright.sync_api import expect
 
-    from mmviz.captioner.builtin import builtin_folder, load_builtin
-    from mmviz.embed import stored_embeddings
-    from mmviz.models import load_model
-    from mmviz.store import Workspace
+    from mmviz.captioner.builtin import builtin_folder
 
     if not all((builtin_folder(v) / "model.safetensors").exists() for v in ("c1", "c3")):
         pytest.skip("no shipped c1 and c3 captioners")
     url, home = demo_server
-    ws = Workspace(home)
-    emb = stored_embeddings(ws, ws.open("shapes-demo"), "builtin:shapes")
-    tokenizer = load_model(emb.model).tokenizer
-    want = {v: load_builtin(v, tokenizer).caption(np.array(emb.image[:1]))[0] for v in ("c1", "c3")}
+    # What the server will write, computed as it computes it: in a fresh process with torch's
+    # default threads (this one's thread count may have been changed by earlier tests, and c1's
+    # near-tied tokens can decode differently under another summation order).
+    script = ("import json, sys, numpy as np; from mmviz.store import Workspace; from mmviz.embed import "
+              "stored_embeddings; from mmviz.models import load_model; from mmviz.captioner.builtin import load_builtin; "
+              "ws = Workspace(sys.argv[1]); emb = stored_embeddings(ws, ws.open('shapes-demo'), 'builtin:shapes'); "
+              "tok = load_model(emb.model).tokenizer; print(json.dumps({v: load_builtin(v, tok).caption("
+              "np.array(emb.image[:1]))[0] for v in ('c1', 'c3')}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", script, str(home)], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    want = json.loads(done.stdout.strip().splitlines()[-1])
     if True:
         with open_page(url, 1300) as page:
             page.get_by_role("link", name="Captioning", exact=True).click()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -191,8 +190,16 @@ def test_shipped_c3_beats_c1_on_a_fresh_world(builtin):
 
 
 def _cli(*args, home):
-    return subprocess.run([sys.executable, "-m", "mmviz.cli", "--home", str(home), *args], capture_output=True,
-                          text=True, timeout=600)
+    """The command line in this process (what `mmviz ...` runs, without a new interpreter)."""
+    import contextlib
+    import io
+
+    from mmviz.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--home", str(home), *args])
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")

@@ -211,7 +211,8 @@ def test_usage_errors_exit_2(argv, capsys):
 
 @pytest.mark.parametrize("sub", [None, "import", "list", "show", "delete", "app", "embed", "models", "builtin",
                                  "builtin train", "builtin train-vqa", "gap", "search", "transform", "score", "vqa",
-                                 "vqa questions", "vqa train", "finetune", "runs"])
+                                 "vqa questions", "vqa train", "finetune", "runs", "captioner", "captioner train",
+                                 "captioner runs", "caption", "builtin train-captioner", "report"])
 def test_help_exits_0(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main((sub.split() if sub else []) + ["--help"])
@@ -222,8 +223,9 @@ def test_help_exits_0(sub, capsys):
 
 def test_every_subcommand_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["app", "builtin", "delete", "embed", "finetune", "gap", "import", "list", "models",
-                                   "runs", "score", "search", "show", "transform", "vqa"]
+    assert sorted(sub.choices) == ["app", "builtin", "caption", "captioner", "delete", "embed", "finetune", "gap",
+                                   "import", "list", "models", "report", "runs", "score", "search", "show",
+                                   "transform", "vqa"]
 
 
 def _console_script() -> str:

@@ -357,7 +357,7 @@ def training_section(ws, ds, emb) -> None:
 st.title("Captioning")
 common.link_state("captioning", [links.listing("captioners", "capt_captioners"),
                                  links.choice("split", "capt_split", {k: k for k in SPLITS}),
-                                 links.integer("beam", "capt_beam", 1, 5), links.choice("variant", "capt_variant", {v: v for v in VARIANTS})])
+                                 links.integer("beam", "capt_beam", 1, 5), links.text("image", "capt_image_q"), links.choice("variant", "capt_variant", {v: v for v in VARIANTS})])
 st.caption("A captioner here is a small decoder trained on **caption embeddings only**: it never sees an image while "
            "it learns, then captions images from their **image embeddings**. The modality gap stands between the two "
            "(C3, Zhang et al., ICLR 2024): **connect (c1)** decodes image vectors as if they were text; **collapse** "

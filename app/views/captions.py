@@ -151,7 +151,8 @@ def probe_panel(ds, emb, prefix: str, eps: float) -> None:
 
 st.title("Captions")
 common.link_state("captions", [links.choice("candidates", "cap_source", {DEMO: "demo", UPLOAD: "upload", SENT: "captioning"}),
-                               links.text("prefix", "cap_prefix")])
+                               links.text("prefix", "cap_prefix"), links.text("system", "cap_system"),
+                               links.text("image", "cap_probe_image_q")])
 st.caption("Find the captions that are wrong and compare captioning systems. CLIP-S (Hessel et al., 2021) scores "
            "a pair by its cosine; RefCLIP-S adds the reference captions; MID (Kim et al., NeurIPS 2022) fits "
            "Gaussians to the reference pairs and scores each candidate by point-wise mutual information (PMI), "
@@ -213,17 +214,24 @@ if cands is not None and len(cands):
 
     per = result.per_sample
     st.subheader("Every candidate")
+    systems = ["all systems", *sorted(per["system"].astype(str).unique())]
+    system = st.selectbox("System", systems, key="cap_system",
+                          help="Show one system's candidates here and below (the scatter keeps them all).")
+    if system != "all systems":
+        per = per[per["system"].astype(str) == system]
     show_table(with_thumbs(ds, per), ["thumb", "image", "system", "caption", "human", *SCORES], "cap_table",
                height=420)
     common.download_csv("Scores (CSV)", per, f"{key}-scores.csv", "cap_dl_scores")
-    fig = px.scatter(per, x="clip_s", y="pmi", color="system", hover_data=["image", "caption"], opacity=0.7,
+    fig = px.scatter(result.per_sample, x="clip_s", y="pmi", color="system", hover_data=["image", "caption"], opacity=0.7,
                      labels={"clip_s": "CLIP-S", "pmi": "PMI"}, height=380, title="PMI against CLIP-S")
     fig.update_layout(margin=dict(l=0, r=0, t=40, b=0))
     st.plotly_chart(fig, key="cap_scatter")
 
     st.subheader("Where the metrics disagree most")
     st.caption("Candidates ranked very differently by PMI and by CLIP-S (by percentile), the largest gap first.")
-    show_table(with_thumbs(ds, result.disagreements.head(20)),
+    disagreements = result.disagreements if system == "all systems" else \
+        result.disagreements[result.disagreements["system"].astype(str) == system]
+    show_table(with_thumbs(ds, disagreements.head(20)),
                ["thumb", "image", "system", "caption", "clip_s", "pmi", "rank_gap"], "cap_disagree")
     common.download_csv("Disagreements (CSV)", result.disagreements, f"{key}-disagreements.csv",
                         "cap_dl_disagree")

@@ -16,6 +16,7 @@ from mmviz.viz import IMAGE_COLOUR, PICK_COLOUR, TEXT_COLOUR
 METHODS = common.PROJECTIONS
 SAMPLE_3D = 50_000  # points plotly draws of a 3-D layout (a seeded sample beyond)
 MAP_POINTS = 4_000_000  # points the map draws (a seeded sample of whole pairs beyond): ~36 MB to the browser
+LINK_SELECTED = "gap_link_selected"  # the selection's ids while they are few enough for the link
 ALL_LINES = 20_000  # captions up to which every pair line can be drawn; above, the selection's only
 SHOWN = 12  # selected pairs listed with their thumbnails
 TOP_CATEGORIES = 12  # a column's most frequent values get their own colour, the rest "other"
@@ -100,7 +101,17 @@ def map_view(ds, emb, layout, colour_by: str, lines_on: bool, pick_key: str) -> 
                 mapdata.PAIR_CATEGORIES, [IMAGE_COLOUR, TEXT_COLOUR]
         else:
             category, values = np.r_[codes, codes[emb.text_owner]], None
+    wanted = st.session_state.get(LINK_SELECTED)
+    if isinstance(wanted, links.FromLink):  # a link's selection: its ids to this map's rows, once
+        where = {id_: i for i, id_ in enumerate(emb.ids)}
+        rows = [where[i] for i in wanted if i in where]
+        if len(rows) < len(wanted):
+            st.caption(f":material/link_off: {len(wanted) - len(rows)} of the link's selected ids are not in this set.")
+        st.session_state[pick_key] = rows
     picked = np.asarray(st.session_state.get(pick_key, []), dtype=np.int64)
+    few = [emb.ids[r] for r in picked] if 0 < len(picked) <= links.MAX_IDS else []
+    st.session_state[LINK_SELECTED] = few or None
+    links.write("selected", ",".join(few))
     if lines_on and len(emb.text) <= ALL_LINES:
         lines = np.c_[emb.text_owner, n_img + np.arange(len(emb.text))]
     else:
@@ -222,7 +233,8 @@ def spectrum_panel(emb, key: str) -> None:
 
 st.title("Gap explorer")
 common.link_state("gap", [links.choice("projection", "gap_method", METHODS), links.integer("seed", "gap_seed", 0, 10_000),
-                          links.text("highlight", "gap_highlight"), links.flag("lines", "gap_lines")])
+                          links.text("highlight", "gap_highlight"), links.flag("lines", "gap_lines"),
+                          links.ids("selected", LINK_SELECTED)])
 ds, emb = common.dataset_and_embeddings("gap")
 st.caption(f"**{ds.name}** under `{emb.model}`: {len(emb.ids):,} images and {len(emb.text):,} captions, "
            f"{emb.dim}-d. Blue: images; orange: captions.")

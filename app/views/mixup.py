@@ -139,7 +139,7 @@ def neighbours_table(ds, emb, a: np.ndarray, b: np.ndarray, lam: float, k: int) 
 
 st.title("Mixup")
 common.link_state("mixup", [links.number("lam", "mx_lam", 0.0, 1.0), links.choice("view", "mx_view", {"Great circle (exact)": "circle", "DOSNES sphere": "dosnes", "PCA 3D": "pca3"}),
-                            links.integer("k", "mx_k", 1, 10), links.flag("any", "mx_any")])
+                            links.integer("k", "mx_k", 1, 10), links.text("image", "mx_image_q"), links.flag("any", "mx_any")])
 st.caption("Geodesic multimodal mixup (m2-mix, Oh et al., NeurIPS 2023) mixes an image and a caption along the "
            "great circle between them (slerp), so the mix stays on the sphere where the embeddings live; plain "
            "linear mixup cuts through the inside. λ = 1 is the image, λ = 0 the caption.")

@@ -119,7 +119,8 @@ def comparison(head: VQAHead, metrics: dict | None) -> pd.DataFrame | None:
 
 
 st.title("VQA")
-common.link_state("vqa", [links.text("head", "vqa_head")])
+common.link_state("vqa", [links.text("head", "vqa_head"), links.text("image", "vqa_image_q"),
+                          links.text("question", "vqa_question")])
 st.caption("Ask a question about an image. A bilinear attention network (BAN; Kim, Jun and Zhang, NeurIPS 2018) "
            "joins every image patch with every question word of the frozen CLIP model, in several glimpses; "
            "its maps show which regions it joined with which words.")
@@ -145,7 +146,13 @@ if image is None:
 known = attached_questions(ds).get(image_id, []) if image_id else []
 with right:
     default = known[0].question if known else "what colour is the circle?"
-    question = st.text_input("Question", value=default, key=f"vqa_question-{image_label}")
+    # One question box: a new image starts from its own first question, a link's question is kept.
+    state = st.session_state
+    if state.get("_vqa_question_for") != image_label or "vqa_question" not in state:
+        if not (state.get("_vqa_question_for") is None and "vqa_question" in state):
+            state["vqa_question"] = default
+        state["_vqa_question_for"] = image_label
+    question = st.text_input("Question", key="vqa_question")
     if known:
         st.caption("This image's questions in the dataset: " +
                    "; ".join(f"{ex.question} → **{ex.answer}**" for ex in known[:6]))
