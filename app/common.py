@@ -45,7 +45,7 @@ def init_state() -> None:
         ws.home.mkdir(parents=True, exist_ok=True)
         marker.touch()
     names = ws.names()
-    links.read_sidebar(names, [*KNOWN_SPECS, *tuned_models(str(ws.home))], OTHER)  # a link's dataset and model
+    links.read_sidebar(names, lambda: [*KNOWN_SPECS, *tuned_models(str(ws.home))], OTHER)  # a link's dataset and model
     if PENDING in st.session_state:
         st.session_state["dataset"] = st.session_state.pop(PENDING)
     if st.session_state.get("dataset") not in names:

@@ -151,7 +151,7 @@ def write(name: str, value: str | None) -> None:
         del st.query_params[name]
 
 
-def read_sidebar(names: list[str], known_models: list[str], other: str) -> None:
+def read_sidebar(names: list[str], known_models: Callable[[], list[str]], other: str) -> None:
     """Once per session, before the sidebar: the link's dataset and model into their pickers."""
     from mmviz.models import ModelSpecError, parse_spec
 
@@ -166,7 +166,7 @@ def read_sidebar(names: list[str], known_models: list[str], other: str) -> None:
             notes.append(f"dataset={qp['dataset']}: no such dataset here")
     if "model" in qp:
         spec = qp["model"]
-        if spec in known_models:
+        if spec in known_models():
             st.session_state["model_choice"] = spec
         else:
             try:

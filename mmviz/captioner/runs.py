@@ -187,7 +187,8 @@ def train_run(home, folder: str | os.PathLike, progress: Callable[[dict], None] 
             if progress is not None:
                 progress(row)
 
-        captioner = fit(data.subset(train_rows), loaded.tokenizer, config, clip_model=run.model,
+        train = data.subset(train_rows)
+        captioner = fit(train, loaded.tokenizer, config, clip_model=run.model,
                         clip_fingerprint=loaded.fingerprint, folder=folder, progress=step,
                         should_stop=lambda: stop["flag"] or cancel_requested(folder),
                         extra_info={"dataset": run.dataset, "dataset_key": ds.key, "run": folder.name})
@@ -196,7 +197,7 @@ def train_run(home, folder: str | os.PathLike, progress: Callable[[dict], None] 
         test = data.subset(test_rows)
         ev = evaluate(captioner, test, lambda texts: encode_texts(loaded, texts), default_prefix(run.model))
         result = {"run": folder.name, "dataset": run.dataset, "model": run.model, "variant": config.variant,
-                  "train_images": int(len(train_rows)), "train_captions": len(data.subset(train_rows).captions),
+                  "train_images": int(len(train_rows)), "train_captions": len(train.captions),
                   "test_images": int(len(test_rows)), "metrics": ev.corpus, "steps": captioner.info["steps"],
                   "resumed_from": captioner.info["resumed_from"], "final_loss": captioner.info["final_loss"],
                   "train_seconds": captioner.info["train_seconds"]}

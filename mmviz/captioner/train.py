@@ -235,9 +235,9 @@ def fit(data: CaptionData, tokenizer, config: CaptionerConfig, *, clip_model: st
     tokenizer_kind(tokenizer)
     folder = Path(folder) if folder is not None else None
     vocab = CaptionVocab.build(tokenizer, data.captions)
-    lengths = [len(vocab.encode(tokenizer, [c], 10_000)[0].nonzero()[0]) - 2 for c in data.captions[:5000]]
-    max_tokens = int(min(config.max_tokens, max(lengths)))
-    sequences = torch.as_tensor(vocab.encode(tokenizer, data.captions, max_tokens))
+    sequences = torch.as_tensor(vocab.encode(tokenizer, data.captions, config.max_tokens))
+    max_tokens = int((sequences != 0).sum(1).max()) - 2  # the longest caption, up to config.max_tokens
+    sequences = sequences[:, :max_tokens + 2]
     texts = torch.as_tensor(np.asarray(data.texts, dtype=np.float32))
     owner = torch.as_tensor(np.asarray(data.owner, dtype=np.int64))
     images = None if data.images is None else torch.as_tensor(np.asarray(data.images, dtype=np.float32))

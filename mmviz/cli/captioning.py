@@ -5,7 +5,8 @@ import json
 import sys
 
 from ..store import Workspace
-from .common import EXIT_OK, EXIT_USAGE, Bar, Fail, dataset_embeddings, err, output_options, print_table
+from .common import (EXIT_OK, EXIT_USAGE, Bar, Fail, dataset_and_model, dataset_embeddings, err, output_options,
+                     print_table)
 
 # Corpus metrics as `mmviz caption` prints them.
 SHOWN = (("bleu1", "BLEU-1"), ("bleu4", "BLEU-4"), ("cider", "CIDEr-D"), ("rouge_l", "ROUGE-L"), ("clip_s", "CLIP-S"),
@@ -175,9 +176,7 @@ def register(sub) -> None:
                        description="Caption the images of a split from their image embeddings and print per-image "
                                    "captions with the corpus metrics: BLEU-1..4, CIDEr-D, ROUGE-L against each "
                                    "image's own captions, CLIP-S, RefCLIP-S and MID under the model.")
-    s.add_argument("name", help="dataset name")
-    s.add_argument("--model", default="builtin:shapes", help="model spec whose image vectors are captioned "
-                                                              "(default builtin:shapes)")
+    dataset_and_model(s, "model spec whose image vectors are captioned (default builtin:shapes)")
     s.add_argument("--captioner", default="c3", metavar="VARIANT|RUN",
                    help="a builtin captioner (c1, collapse, corrupt, c3, paired; default c3) or a run id")
     s.add_argument("--split", default="test", choices=("test", "train", "all"),
