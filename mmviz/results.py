@@ -61,10 +61,16 @@ def cached_arrays(home, kind: str, parts: dict, compute: Callable[[], dict[str, 
     except (OSError, ValueError, KeyError, EOFError):
         pass
     value = compute()
+    store_arrays(home, kind, parts, value)
+    return value, False
+
+
+def store_arrays(home, kind: str, parts: dict, value: dict[str, np.ndarray]) -> None:
+    """Store what cached_arrays(home, kind, parts, ...) will read back."""
+    key = result_key(kind, parts)
     buf = io.BytesIO()
     np.savez(buf, __key__=np.array(key), **value)
-    atomic_write_bytes(path, buf.getvalue())
-    return value, False
+    atomic_write_bytes(_path(home, kind, key, ".npz"), buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,28 +82,40 @@ def metrics(home, emb, seed: int = 0, progress=None) -> tuple[dict[str, float], 
     `progress(done, total, stage)` follows the computation when there is one."""
     from . import geometry
 
-    return cached_json(home, "metrics", {**emb.key_parts, "seed": seed, "max_n": geometry.MAX_N},
-                       lambda: geometry.all_metrics(emb.image, emb.paired_text, seed=seed, progress=progress))
+    def compute() -> dict[str, float]:
+        found = geometry.analyse(emb.image, emb.paired_text, seed=seed, progress=progress)
+        # The same passes gave the spectra and the cosines: store them now, so that the panels
+        # beside the metrics read files instead of streaming every row again.
+        store_arrays(home, "spectra", emb.key_parts, found.spectra)
+        if seed == 0:  # the histogram's unpaired sample is seed 0's
+            store_arrays(home, "cosines", {**emb.key_parts, "bins": HIST_BINS},
+                         _histograms(found.paired, found.unpaired, HIST_BINS))
+        return found.metrics
+
+    return cached_json(home, "metrics", {**emb.key_parts, "seed": seed, "max_n": geometry.MAX_N}, compute)
 
 
 def cosine_histograms(home, emb, bins: int = HIST_BINS) -> tuple[dict[str, np.ndarray], bool]:
     """Histograms of paired cosines (every pair) and unpaired ones (geometry's seeded sample),
-    on shared bin edges: what the page draws, a few hundred numbers whatever the set's size."""
+    on shared bin edges: what the page draws, a few hundred numbers whatever the set's size.
+    metrics() stores them too, from its own passes."""
     from . import geometry
 
-    def compute():
-        paired = geometry.paired_cosines(emb.image, emb.paired_text)
-        unpaired = geometry.unpaired_cosines(emb.image, emb.paired_text)
-        lo, hi = float(min(paired.min(), unpaired.min())), float(max(paired.max(), unpaired.max()))
-        edges = np.linspace(lo, hi + 1e-9, bins + 1)
-        return {"edges": edges, "paired": np.histogram(paired, edges)[0], "unpaired": np.histogram(unpaired, edges)[0],
-                "paired_n": np.array(len(paired)), "unpaired_n": np.array(len(unpaired))}
+    return cached_arrays(home, "cosines", {**emb.key_parts, "bins": bins}, lambda: _histograms(
+        geometry.paired_cosines(emb.image, emb.paired_text), geometry.unpaired_cosines(emb.image, emb.paired_text),
+        bins))
 
-    return cached_arrays(home, "cosines", {**emb.key_parts, "bins": bins}, compute)
+
+def _histograms(paired: np.ndarray, unpaired: np.ndarray, bins: int) -> dict[str, np.ndarray]:
+    lo, hi = float(min(paired.min(), unpaired.min())), float(max(paired.max(), unpaired.max()))
+    edges = np.linspace(lo, hi + 1e-9, bins + 1)
+    return {"edges": edges, "paired": np.histogram(paired, edges)[0], "unpaired": np.histogram(unpaired, edges)[0],
+            "paired_n": np.array(len(paired)), "unpaired_n": np.array(len(unpaired))}
 
 
 def spectra(home, emb) -> tuple[dict[str, np.ndarray], bool]:
-    """Covariance eigenvalues of the images, the captions and both together, cached."""
+    """Covariance eigenvalues of the images, the captions and both together, cached (metrics()
+    stores them too)."""
     from . import geometry
 
     return cached_arrays(home, "spectra", emb.key_parts, lambda: {

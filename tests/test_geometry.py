@@ -286,6 +286,22 @@ def test_all_metrics_matches_the_functions(paired):
     assert m == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
+def test_analyse_gives_the_standalone_spectra_and_cosines(paired):
+    """What analyse() hands out beside the metrics is exactly what the standalone functions give."""
+    x, y = paired
+    found = G.analyse(x, y, seed=3, max_n=40)  # 40 pairs: 1,560 unpaired cosines, all of them
+    assert found.metrics == G.all_metrics(x, y, seed=3, max_n=40)
+    np.testing.assert_allclose(found.spectra["images"], G.spectrum(x), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(found.spectra["texts"], G.spectrum(y), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(found.spectra["joint"], G.joint_spectrum(x, y), rtol=0, atol=1e-14)
+    np.testing.assert_array_equal(found.paired, G.paired_cosines(x, y))
+    np.testing.assert_array_equal(found.unpaired, G.unpaired_cosines(x, y, max_n=40, seed=3))
+    assert len(found.unpaired) == 40 * 39
+    # above UNPAIRED_VALUES the seeded sample of cells is the same one too
+    big_x, big_y = sphere(np.random.default_rng(5), 400, 8), sphere(np.random.default_rng(6), 400, 8)
+    np.testing.assert_array_equal(G.analyse(big_x, big_y, seed=2).unpaired, G.unpaired_cosines(big_x, big_y, seed=2))
+
+
 def test_inputs_any_float_array_and_chunked(paired, monkeypatch):
     x, y = paired
     ref = G.all_metrics(x, y)
