@@ -23,6 +23,22 @@ def workspace() -> Workspace:
     return _workspace(os.environ.get("MMVIZ_HOME", ""))
 
 
+@st.cache_resource
+def favicon():
+    """The tab's icon, drawn here: a material icon as page_icon makes Streamlit fetch it from
+    fonts.gstatic.com on every page (a request to the internet from an offline tool)."""
+    from PIL import Image, ImageDraw
+
+    from mmviz.viz import IMAGE_COLOUR, TEXT_COLOUR
+
+    img = Image.new("RGBA", (64, 64))
+    draw = ImageDraw.Draw(img)
+    for (x, y), colour in (((14, 22), TEXT_COLOUR), ((24, 40), TEXT_COLOUR), ((40, 20), IMAGE_COLOUR),
+                           ((50, 40), IMAGE_COLOUR)):
+        draw.ellipse((x - 9, y - 9, x + 9, y + 9), fill=colour)
+    return img
+
+
 @st.cache_data(ttl=30, show_spinner=False)
 def model_status(spec: str) -> tuple[bool, str]:
     return weights_status(spec)

@@ -7,7 +7,7 @@ import streamlit as st
 
 import common
 
-st.set_page_config(page_title="mmviz", page_icon=":material/scatter_plot:", layout="wide")
+st.set_page_config(page_title="mmviz", page_icon=common.favicon(), layout="wide")
 pages = {
     "Data": [st.Page("views/data.py", title="Data", icon=":material/dataset:", default=True)],
     "Geometry": [st.Page("views/gap.py", title="Gap explorer", icon=":material/scatter_plot:")],
