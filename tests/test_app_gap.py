@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from mmviz import geometry
+from mmviz import geometry, results
 from mmviz.builtin import make_demo
 from mmviz.embed import embed_dataset
 from mmviz.store import Workspace
@@ -32,6 +32,15 @@ def gap_page(**state) -> AppTest:
     return at
 
 
+def show_panels(at) -> None:
+    """Until the map is first drawn (in a browser: its report; AppTest runs no JavaScript) the
+    metrics, histogram and spectrum are held back, computed: "Show them now" brings them."""
+    assert not at.dataframe and not at.get("plotly_chart")
+    assert any("appear once the map is drawn" in c.value for c in at.caption)
+    at.button(key="gap_show_panels").click().run()
+    assert not at.exception, at.exception
+
+
 def map_points(at):
     """The points table the Gap explorer sends to its map (the Arrow blob of its element)."""
     import pyarrow as pa
@@ -54,6 +63,10 @@ def test_unembedded_set_offers_to_embed_then_shows_the_gap(home):
     at.button(key="gap_embed").click().run()
     assert not at.exception, at.exception
     emb = embed_dataset(ws, ws.open("shapes-demo"), "builtin:shapes")
+    # held back while the map draws, but computed: showing them reads the workspace's cache
+    assert results.metrics(ws.home, emb)[1] and results.spectra(ws.home, emb)[1]
+    assert results.cosine_histograms(ws.home, emb)[1]
+    show_panels(at)
     values = metric_values(at)
     assert set(values) == {label for label, _ in geometry.METRICS.values()}
     gap_label = geometry.METRICS["gap_length"][0]
@@ -87,6 +100,7 @@ def test_vectors_only_set_uses_its_own_vectors(home, tmp_path):
     np.save(tmp_path / "vecs.npy", np.stack([img, txt]))
     Workspace(home).import_path(tmp_path / "vecs.npy", "vecs")
     at = gap_page()
+    show_panels(at)
     values = metric_values(at)
     assert values[geometry.METRICS["gap_length"][0]] == pytest.approx(geometry.gap_length(img, txt), abs=1e-6)
     assert "precomputed:vecs" in " ".join(c.value for c in at.caption)

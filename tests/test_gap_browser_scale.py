@@ -1,5 +1,5 @@
 """The Gap explorer on 100,000 imported pairs, in headless Chromium (software GL): every point is
-drawn on the WebGL map, a lasso selects exactly the pairs inside it (checked against the cached
+drawn on the WebGL map and the metric panels follow it, a lasso selects exactly the pairs inside it (checked against the cached
 layout with our own point-in-polygon test) and the panel lists their captions, and hovering a
 point shows its own caption."""
 from __future__ import annotations
@@ -53,12 +53,18 @@ def test_gap_explorer_draws_lassos_and_hovers_100k_pairs(big_app):
         browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            requested = []
+            page.on("request", lambda r: requested.append(r.url))
             page.goto(url + "/gap")
             expect(page.get_by_text("big under")).to_be_visible(timeout=120_000)
             root = page.locator(".mmviz-map")
             expect(root).to_have_attribute("data-drawn", str(2 * N), timeout=180_000)  # every image and caption
             expect(root.locator(".mmviz-map__legend")).to_contain_text("100,000")
             page.screenshot(path=str(ARTIFACTS / "gap_scale_drawn.png"))
+            # the panels held back while the map drew follow by themselves, on the map's report
+            expect(page.get_by_role("button", name="Spectrum (CSV)")).to_be_visible(timeout=120_000)
+            expect(page.get_by_role("button", name="Show them now")).to_have_count(0)
+            expect(page.get_by_text("Paired versus unpaired cosine")).to_be_visible()
 
             # The layout the app drew, read back from the workspace cache (a hit: the app wrote it).
             ds = ws.open("big")
@@ -120,5 +126,8 @@ def test_gap_explorer_draws_lassos_and_hovers_100k_pairs(big_app):
             rows = {int(r) if r < N else int(emb.text_owner[r - N]) for r in near}
             assert any(caption(r) in tip_text for r in rows), (tip_text, sorted(rows)[:10])
             page.screenshot(path=str(ARTIFACTS / "gap_scale_hover.png"))
+            # nothing came from anywhere but the app (once, the tab's icon came from Google's fonts)
+            assert requested and all(u.startswith((url, "data:", "blob:")) for u in requested), \
+                [u for u in requested if not u.startswith((url, "data:", "blob:"))]
         finally:
             browser.close()

@@ -20,6 +20,10 @@ LINK_SELECTED = "gap_link_selected"  # the selection's ids while they are few en
 ALL_LINES = 20_000  # captions up to which every pair line can be drawn; above, the selection's only
 SHOWN = 12  # selected pairs listed with their thumbnails
 TOP_CATEGORIES = 12  # a column's most frequent values get their own colour, the rest "other"
+# Set once the map has been drawn in this session. Until then the metric table and plotly
+# figures stay out of the page: in a fresh tab they load and draw on the browser's one main
+# thread with the map, and took a 100k-pair map from about 4.5 s to 6 to 7 s (measured).
+PANELS_READY = "gap_panels_ready"
 
 
 # ----------------------------------------------------------------------------------------
@@ -126,6 +130,9 @@ def map_view(ds, emb, layout, colour_by: str, lines_on: bool, pick_key: str) -> 
                    + "Arrow: the gap, from the caption centre to the image centre. Lasso or Box selects; "
                      "double-click clears." + (" Gap axis: x is the gap direction, y the main direction of "
                                                "variation across it." if layout.method == "gap2" else ""))
+    if ev.shown and not st.session_state.get(PANELS_READY):
+        st.session_state[PANELS_READY] = True
+        st.rerun()  # the whole page, with the panels held back below the map
     if ev.selection is not None:
         new = mapdata.picked_images(ev.selection, n_img, emb.text_owner)
         if not np.array_equal(new, picked):
@@ -196,6 +203,21 @@ def metrics_panel(emb, key: str, seed: int) -> None:
     common.download_csv("Metrics (CSV)", table, f"{key}-metrics.csv", "dl_metrics")
 
 
+def held_back_panels(emb, seed: int) -> None:
+    """Before the map is first drawn: compute what the panels show (cached), show it after."""
+    bar = st.progress(0.0, text="Computing metrics…")
+    try:
+        results.metrics(common.workspace().home, emb, seed, progress=lambda d, t, stage: bar.progress(
+            d / t, text=f"Computing metrics: {stage}"))
+        bar.progress(1.0, text="Histograms and spectrum…")
+        results.cosine_histograms(common.workspace().home, emb)  # both stored by metrics() above, at seed 0
+        results.spectra(common.workspace().home, emb)
+    finally:
+        bar.empty()
+    st.caption("The metrics, the cosine histogram and the spectrum appear once the map is drawn.")
+    st.button("Show them now", key="gap_show_panels", on_click=lambda: st.session_state.update({PANELS_READY: True}))
+
+
 def cosine_panel(emb, key: str) -> None:
     h, _ = results.cosine_histograms(common.workspace().home, emb)
     edges = h["edges"]
@@ -264,9 +286,12 @@ else:
     view_3d(ds, emb, layout, method, seed, pick_key + "-3d")  # rows of the drawn sample
 
 st.subheader("Metrics")
-metrics_panel(emb, key, seed)
-left, right = st.columns(2)
-with left:
-    cosine_panel(emb, key)
-with right:
-    spectrum_panel(emb, key)
+if layout.dims == 2 and not st.session_state.get(PANELS_READY):
+    held_back_panels(emb, seed)
+else:
+    metrics_panel(emb, key, seed)
+    left, right = st.columns(2)
+    with left:
+        cosine_panel(emb, key)
+    with right:
+        spectrum_panel(emb, key)

@@ -75,6 +75,17 @@ class MapView {
     this.root.dataset.state = 'error';
     this.message.hidden = false;
     this.message.textContent = text;
+    this.reportShown();
+  }
+
+  // Tell Python these points are on screen (or that the map could not draw them), once per
+  // token: a page can then send what it held back so as not to slow the first draw.
+  reportShown() {
+    const token = this.config?.token ?? '';
+    if (this.setStateValue && this.reportedShown !== token) {
+      this.reportedShown = token;
+      this.setStateValue('shown', token);
+    }
   }
 
   buildToolbar() {
@@ -338,6 +349,7 @@ class MapView {
     this.root.dataset.drawMs = String(Math.round(performance.now() - arrived));
     this.root.dataset.drawnAt = String(Math.round(performance.now()));
     this.root.dataset.drawn = String(config.n);
+    this.reportShown();
   }
 
   resetView() {
