@@ -129,6 +129,17 @@ def sidebar() -> None:
                            f"{BUILTIN_SPEC} always works.", icon=":material/cloud_off:")
 
 
+def note_page(url_path: str) -> None:
+    """Called by main.py before each full run of a page: remembers whether it is a new visit."""
+    st.session_state["_page_entered"] = st.session_state.get("_page_now") != url_path
+    st.session_state["_page_now"] = url_path
+
+
+def page_entered() -> bool:
+    """Whether this run opens the page (a fresh tab, or from another page) rather than rerunning it."""
+    return st.session_state.get("_page_entered", True)
+
+
 def link_state(page: str, params: list) -> None:
     """The page's controls in the URL, with the sidebar's dataset and model (see links.py)."""
     links.bind(page, params, st.session_state.get("dataset"), current_model() or None)

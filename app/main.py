@@ -21,4 +21,6 @@ pages = {
 }
 common.init_state()
 common.sidebar()  # before the page, so the pickers stay usable while a page works
-st.navigation(pages).run()
+page = st.navigation(pages)
+common.note_page(page.url_path)
+page.run()

@@ -104,6 +104,11 @@ def test_vectors_only_set_uses_its_own_vectors(home, tmp_path):
     values = metric_values(at)
     assert values[geometry.METRICS["gap_length"][0]] == pytest.approx(geometry.gap_length(img, txt), abs=1e-6)
     assert "precomputed:vecs" in " ".join(c.value for c in at.caption)
+    at.run()  # a rerun of the page keeps them
+    assert len(at.dataframe) == 1 and len(at.get("plotly_chart")) == 2
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/gap.py").run()  # back from another page: the map draws first again
+    show_panels(at)
 
 
 def test_selected_pairs_show_their_images_and_captions(home):

@@ -20,9 +20,10 @@ LINK_SELECTED = "gap_link_selected"  # the selection's ids while they are few en
 ALL_LINES = 20_000  # captions up to which every pair line can be drawn; above, the selection's only
 SHOWN = 12  # selected pairs listed with their thumbnails
 TOP_CATEGORIES = 12  # a column's most frequent values get their own colour, the rest "other"
-# Set once the map has been drawn in this session. Until then the metric table and plotly
-# figures stay out of the page: in a fresh tab they load and draw on the browser's one main
-# thread with the map, and took a 100k-pair map from about 4.5 s to 6 to 7 s (measured).
+# Set once the map has been drawn since the page was opened. Until then the metric table and
+# plotly figures stay out of the page: they load and draw on the browser's one main thread
+# with the map, and took a 100k-pair map in a fresh tab from about 4.5 s to 6 to 7 s, and
+# back from another page from 2.4 s to 4.5 s when plotly had not been loaded yet (measured).
 PANELS_READY = "gap_panels_ready"
 
 
@@ -254,6 +255,8 @@ def spectrum_panel(emb, key: str) -> None:
 
 
 st.title("Gap explorer")
+if common.page_entered():
+    st.session_state[PANELS_READY] = False
 common.link_state("gap", [links.choice("projection", "gap_method", METHODS), links.integer("seed", "gap_seed", 0, 10_000),
                           links.text("highlight", "gap_highlight"), links.flag("lines", "gap_lines"),
                           links.ids("selected", LINK_SELECTED)])
