@@ -367,7 +367,8 @@ def _unpaired_sample(a: np.ndarray, b: np.ndarray, seed: int) -> np.ndarray:
     k = np.random.default_rng([seed, 1]).choice(m * (m - 1), size=UNPAIRED_VALUES, replace=False)  # own stream
     i, r = np.divmod(k, m - 1)
     j = r + (r >= i)
-    return np.einsum("ij,ij->i", a[i], b[j])
+    # ROWS cells at a time: a[i] and b[j] whole would be 2 x 410 MB of float64 at d = 512
+    return np.concatenate([np.einsum("ij,ij->i", a[i[s:s + ROWS]], b[j[s:s + ROWS]]) for s in range(0, len(i), ROWS)])
 
 
 def _unpaired_mean_std(mo: dict) -> tuple[float, float]:
