@@ -91,6 +91,8 @@ def test_projections_and_the_layout_cache(home):
         at.radio(key="gap_method").set_value(label).run()
         assert not at.exception, at.exception
         assert len(at.get("plotly_chart")) == 3
+    at.radio(key="gap_method").set_value("PCA 2D").run()  # the panels already shown stay
+    assert len(at.get("plotly_chart")) == 2 and len(at.dataframe) == 1
 
 
 def test_vectors_only_set_uses_its_own_vectors(home, tmp_path):

@@ -292,6 +292,7 @@ st.subheader("Metrics")
 if layout.dims == 2 and not st.session_state.get(PANELS_READY):
     held_back_panels(emb, seed)
 else:
+    st.session_state[PANELS_READY] = True  # shown beside a 3-D view: kept when the user turns to 2-D
     metrics_panel(emb, key, seed)
     left, right = st.columns(2)
     with left:
