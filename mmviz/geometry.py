@@ -650,7 +650,7 @@ class Analysis:
 def analyse(images, texts, seed: int = 0, max_n: int = MAX_N, *, device: str = "auto",
             progress=None) -> Analysis:
     """all_metrics() with the spectra and the cosines a page draws beside them. Computing those
-    apart would stream the rows four more times: 6 of 15 s at 100k pairs x 512 (measured)."""
+    apart streams the rows five more times: 6.6 of 17.6 s at 100k pairs x 512 (measured)."""
     step = progress or (lambda done, total, stage: None)
     x, y = _pair(images, texts)
     dev = _device(device)
