@@ -135,3 +135,49 @@ def test_fit_from_known_means_is_fit_on_the_rows():
         np.testing.assert_array_equal(a[1], b[1])
     with pytest.raises(ValueError, match="two \\(d,\\) vectors"):
         Shift(1.0).fit_means(mi, mt[:3])
+
+
+def test_a_view_of_a_map_and_a_geometry_pass_let_its_pages_go(tmp_path, monkeypatch):
+    """release_pages follows a view (np.asarray of a map, a slice) to its map; geometry's
+    streaming passes let pages go as they read, so a pass over a map leaves it out of RSS."""
+    from pathlib import Path
+
+    from mmviz import geometry
+
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("no /proc (not Linux)")
+
+    def rss_file() -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("RssFile:"))
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(16384, 512)).astype(np.float32))  # 32 MB each
+    a, b = arrays.open_array(tmp_path / "a.npy"), arrays.open_array(tmp_path / "b.npy")
+    view = np.asarray(a)[100:]
+    assert not isinstance(view, np.memmap)
+    before = rss_file()
+    float(view.sum(dtype=np.float64))
+    touched = rss_file()
+    assert touched - before > 24_000
+    arrays.release_pages(view)
+    assert rss_file() < touched - 24_000
+    # a copy-on-write map keeps its pages: dropping them would drop the caller's changes
+    cow = np.load(tmp_path / "b.npy", mmap_mode="c")
+    cow[0] = 7.0
+    arrays.release_pages(cow, np.asarray(cow))
+    assert (cow[0] == 7.0).all()
+    # a pass in chunks of 1,024 rows, letting go every 2 chunks
+    monkeypatch.setattr(geometry, "ROWS", 1024)
+    monkeypatch.setattr(geometry, "RELEASE_EVERY", 2)
+    seen = []
+    real = geometry._unit
+    monkeypatch.setattr(geometry, "_unit", lambda rows, *k: (seen.append(rss_file()), real(rows, *k))[1])
+    base = rss_file()
+    want = geometry.paired_cosines(a, b)
+    assert max(seen) - base < 36_000  # kB: 2 threads x 2 maps x 2 chunks of 2 MB at most, of the 64 MB read
+    assert rss_file() - base < 4_000  # and nothing left after the pass
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True)
+            for x in (np.load(tmp_path / f"{name}.npy").astype(np.float64) for name in ("a", "b"))]
+    np.testing.assert_allclose(want, np.einsum("ij,ij->i", *unit), rtol=0, atol=1e-12)  # what was read is right
