@@ -178,6 +178,16 @@ def test_a_view_of_a_map_and_a_geometry_pass_let_its_pages_go(tmp_path, monkeypa
     want = geometry.paired_cosines(a, b)
     assert max(seen) - base < 36_000  # kB: 2 threads x 2 maps x 2 chunks of 2 MB at most, of the 64 MB read
     assert rss_file() - base < 4_000  # and nothing left after the pass
+    # the projections' chunked reads (Rows) too, and their sorted gathers
+    from mmviz.projection.rows import Rows
+
+    base, seen = rss_file(), []
+    total = sum(float(block.sum(dtype=np.float64)) for _, block in Rows(a, b).chunks(1024) if not seen.append(rss_file()))
+    assert max(seen) - base < 12_000 and rss_file() - base < 4_000  # kB: a block or two of 4 MB, of 64 MB read
+    assert total == pytest.approx(float(np.load(tmp_path / "a.npy").sum(dtype=np.float64)
+                                        + np.load(tmp_path / "b.npy").sum(dtype=np.float64)), rel=1e-12)
+    taken = Rows(a, b).take(np.arange(0, 32768, 3))
+    assert rss_file() - base < 4_000 and np.array_equal(taken[:10], np.asarray(a)[0:30:3])
     unit = [x / np.linalg.norm(x, axis=1, keepdims=True)
             for x in (np.load(tmp_path / f"{name}.npy").astype(np.float64) for name in ("a", "b"))]
     np.testing.assert_allclose(want, np.einsum("ij,ij->i", *unit), rtol=0, atol=1e-12)  # what was read is right
