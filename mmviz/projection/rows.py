@@ -62,9 +62,8 @@ class Rows:
         whole file counted in the process's memory (2 GB for 1M x 512 float16 pairs)."""
         for part, offset in zip(self.parts, self.offsets):
             for s in range(0, len(part), size):
-                block = np.array(part[s:s + size], dtype=self.dtype)  # a copy: the map's pages can go
-                release_pages(part)
-                yield int(offset) + s, block
+                yield int(offset) + s, np.asarray(part[s:s + size], dtype=self.dtype)
+                release_pages(part)  # the caller is done with the block
 
     def take(self, idx) -> np.ndarray:
         """Rows (of `self.dtype`) at the sorted, distinct stacked indices `idx`."""
