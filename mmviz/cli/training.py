@@ -133,8 +133,7 @@ def cmd_runs(ws: Workspace, args) -> int:
 
 def register(sub) -> None:
     """Add finetune and runs to the subparsers `sub`."""
-    from ..finetune.losses import LOSSES, UNIMODAL
-    from ..finetune.train import TRAINABLE
+    from ..finetune import LOSSES, TRAINABLE, UNIMODAL  # torch-free: the parser must not load torch
 
     s = sub.add_parser("finetune", help="fine-tune a model on a dataset (contrastive, m2-mix, C3 noise) and compare",
                        description="Fine-tune with the CLIP loss or m2-mix on the dataset's train split, checkpointing "

@@ -122,7 +122,7 @@ def register(sub) -> None:
     t.add_argument("--images", metavar="DIR", help="the COCO images folder VQA v2 questions refer to")
     t.add_argument("--seed", type=int, default=0, help="seed of the 80/20 split when there is no split column")
     t.set_defaults(func=cmd_vqa_questions)
-    from ..vqa.model import HEADS
+    from ..vqa import HEADS  # torch-free: building the parser must not load torch
 
     t = vsub.add_parser("train", help="train an answer head on a dataset's questions (frozen CLIP tokens, cached)",
                         description="Compute (or reuse) the model's patch and word tokens for the dataset's "

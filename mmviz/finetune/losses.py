@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import LOSSES, UNIMODAL
+
 EPS = 1e-12
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(log-scale) here: temperature never below 0.01
-UNIMODAL = ("none", "image", "text", "both")
-LOSSES = ("clip", "m2mix")
 
 
 # ----------------------------------------------------------------------------------------

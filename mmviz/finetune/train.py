@@ -36,10 +36,10 @@ import torch
 from ..geometry import gap_length
 from ..retrieval import recall_at_k
 from ..store import Workspace, atomic_write_json, has_image
+from . import TRAINABLE
 from .distributed import cleanup, gather_with_grad, setup_from_env
 from .losses import MAX_LOGIT_SCALE, FinetuneLoss, LossConfig
 
-TRAINABLE = ("proj", "last", "all")
 # The output projections of open_clip's towers, under their names in each architecture family.
 _PROJECTIONS = re.compile(r"^(visual\.proj|text_projection|visual\.head\.|visual\.attnpool\.c_proj\.|text\.proj)")
 _BLOCK = re.compile(r"^(visual\.transformer\.resblocks|transformer\.resblocks|text\.transformer\.resblocks)\.(\d+)\.")

@@ -14,7 +14,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -22,8 +22,10 @@ from ..models import BUILTIN_DIR
 from ..store import atomic_write_json
 from .data import (FeatureCache, VQAExample, box_patches, patch_boxes, question_boxes, shapes_examples,
                    shapes_region_targets)
-from .model import HEADS
-from .train import TrainConfig, TrainResult, _by_type, answer, majority_answers, save, train
+from . import HEADS
+
+if TYPE_CHECKING:  # .train loads torch: imported where used, so the CLI's parser can read DEFAULTS
+    from .train import TrainResult
 
 VQA_DIR = BUILTIN_DIR / "vqa"
 CLIP_MODEL = "builtin:shapes"
@@ -40,6 +42,8 @@ MOST = 0.5  # "most of the attention mass": more than this share of it on the ob
 def save_head(result: TrainResult, folder: str | Path, clip_model: str) -> Path:
     """`train.save` plus the spec of the CLIP model whose tokens the head reads, as
     `clip_model` in config.json (the app loads that model to answer with the head)."""
+    from .train import save
+
     folder = save(result, folder)
     doc = json.loads((folder / "config.json").read_text("utf-8"))
     atomic_write_json(folder / "config.json", {**doc, "clip_model": clip_model})
@@ -73,6 +77,8 @@ def grounding(result_or_model, vocab, scenes, examples: list[VQAExample], featur
     mean mass on the subject's (A) and on the object's (B) box, with chances: a head whose
     glimpse 0 finds A and glimpse 1 finds B has bound the two phrases to their objects.
     """
+    from .train import TrainResult, answer
+
     model = result_or_model.model if isinstance(result_or_model, TrainResult) else result_or_model
     vocab = result_or_model.vocab if isinstance(result_or_model, TrainResult) and vocab is None else vocab
     pairs = [(s, q) for s in scenes for q in s.questions]
@@ -124,8 +130,9 @@ def train_builtin(out: str | Path = VQA_DIR, n_train: int | None = None, n_val: 
     and epoch (print will do). Unset arguments take DEFAULTS."""
     import torch
 
-    from ..models import load_model
     from .. import synthetic
+    from ..models import load_model
+    from .train import TrainConfig, TrainResult, _by_type, majority_answers, train
 
     given = dict(n_train=n_train, n_val=n_val, seed=seed, epochs=epochs, hidden=hidden, glimpses=glimpses)
     cfg = {**DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
