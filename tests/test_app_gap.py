@@ -91,8 +91,33 @@ def test_projections_and_the_layout_cache(home):
         at.radio(key="gap_method").set_value(label).run()
         assert not at.exception, at.exception
         assert len(at.get("plotly_chart")) == 3
+        assert any(c.value == "Fits on every point." for c in at.caption)  # 200 points: under every limit
     at.radio(key="gap_method").set_value("PCA 2D").run()  # the panels already shown stay
     assert len(at.get("plotly_chart")) == 2 and len(at.dataframe) == 1
+
+
+def test_sphere_fits_a_seeded_sample_and_places_the_rest(home, monkeypatch):
+    """Over the sphere's fit limit (2,000 points, here lowered to 80 of the demo's 200) the page
+    says so, and the layout it stores was fitted on 80 points with the other 120 placed."""
+    from mmviz import projection
+    from mmviz.projection import layout as layout_module
+
+    monkeypatch.setitem(layout_module.DEFAULT_MAX_FIT, "dosnes", 80)
+    ws = Workspace(home)
+    ds = make_demo(ws, n=40)
+    emb = embed_dataset(ws, ds, "builtin:shapes")
+    at = gap_page()
+    at.radio(key="gap_method").set_value("DOSNES sphere").run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("Fits on a seeded sample of 80 points and places the rest") for c in at.caption)
+    assert len(at.get("plotly_chart")) == 3  # the sphere comes with the panels: no map to wait for
+    parts = {"dataset": ds.manifest["content_hash"], "model": emb.fingerprint}
+    stored, hit = projection.cached_layout(ws, parts, emb.image, emb.text, "dosnes", None, 0, identifies_data=True)
+    assert hit  # what the page computed, read back
+    n = len(emb.ids) + len(emb.text)
+    assert n == 200 and len(stored.fit_index) == 80 and len(np.unique(stored.fit_index)) == 80
+    xyz = np.vstack([stored.image_xy, stored.text_xy])
+    assert xyz.shape == (200, 3) and np.allclose(np.linalg.norm(xyz, axis=1), 1, atol=1e-5)  # all on the sphere
 
 
 def test_vectors_only_set_uses_its_own_vectors(home, tmp_path):

@@ -98,7 +98,11 @@ def pick_captioners(ws, ds, emb) -> tuple[dict[str, tuple[str, Captioner, float]
         return {}, 1
     state = st.session_state
     if "capt_captioners" in state:
-        state["capt_captioners"] = [c for c in state["capt_captioners"] if c in found]
+        # Written only when a run is gone: a write marks the widget as set by the script, and the
+        # browser then replaces its own value with this run's, losing a pick made meanwhile.
+        kept = [c for c in state["capt_captioners"] if c in found]
+        if kept != state["capt_captioners"]:
+            state["capt_captioners"] = kept
     else:
         defaults = [f"builtin:{v}" for v in DEFAULT_BUILTIN if f"builtin:{v}" in found]
         state["capt_captioners"] = defaults or list(found)[:1]  # no shipped ones: the newest run
