@@ -98,8 +98,9 @@ def pick_captioners(ws, ds, emb) -> tuple[dict[str, tuple[str, Captioner, float]
         return {}, 1
     state = st.session_state
     if "capt_captioners" in state:
-        # Written only when a run is gone: a write marks the widget as set by the script, and the
-        # browser then replaces its own value with this run's, losing a pick made meanwhile.
+        # Written only when a chosen captioner is no longer offered: a write marks the widget as
+        # set by the script, and the browser then replaces its value with this script run's,
+        # which can drop a pick the user made while the run was under way.
         kept = [c for c in state["capt_captioners"] if c in found]
         if kept != state["capt_captioners"]:
             state["capt_captioners"] = kept
