@@ -206,13 +206,13 @@ def metrics_panel(emb, key: str, seed: int) -> None:
 
 def held_back_panels(emb, seed: int) -> None:
     """Before the map is first drawn: compute what the panels show (cached), show it after."""
+    home = common.workspace().home
     bar = st.progress(0.0, text="Computing metrics…")
     try:
-        results.metrics(common.workspace().home, emb, seed, progress=lambda d, t, stage: bar.progress(
-            d / t, text=f"Computing metrics: {stage}"))
+        results.metrics(home, emb, seed, progress=lambda d, t, stage: bar.progress(d / t, text=f"Computing metrics: {stage}"))
         bar.progress(1.0, text="Histograms and spectrum…")
-        results.cosine_histograms(common.workspace().home, emb)  # both stored by metrics() above, at seed 0
-        results.spectra(common.workspace().home, emb)
+        results.cosine_histograms(home, emb)  # both stored by metrics() above, at seed 0
+        results.spectra(home, emb)
     finally:
         bar.empty()
     st.caption("The metrics, the cosine histogram and the spectrum appear once the map is drawn.")
