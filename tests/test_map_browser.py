@@ -127,6 +127,13 @@ def test_map_draws_selects_and_hovers(demo_url):
             expect(root.locator(".mmviz-map__legend")).to_contain_text("image")
             expect(root.locator(".mmviz-map__legend")).to_contain_text("50,000")
             expect(root.locator(".mmviz-map__note")).to_have_text("100,000 points")
+            # the spatial index came from the worker, not the fallback on the page's thread
+            assert root.get_attribute("data-index-built") == "worker"
+            # the frame is rendered at the map's own size, not the window's (1300 x 900 here)
+            gl_size = page.locator("canvas.mmviz-map__gl").evaluate("c => `${c.width}x${c.height}`")
+            assert root.get_attribute("data-render-size") == gl_size, gl_size
+            width, height = map(int, gl_size.split("x"))
+            assert width < 1300 and height < 900, gl_size
             page.screenshot(path=str(ARTIFACTS / "map_drawn.png"))
             screen = Screen(page, frame)
 
@@ -213,6 +220,15 @@ def test_map_draws_selects_and_hovers(demo_url):
             expect(root).to_have_attribute("data-drawn", str(N), timeout=60_000)
             assert root.get_attribute("data-view") == view0
             page.screenshot(path=str(ARTIFACTS / "map_by_value.png"))
+
+            # A narrower window: the renderer follows the map's new size, and the points with it.
+            page.set_viewport_size({"width": 1000, "height": 900})
+            expect(root).not_to_have_attribute("data-render-size", gl_size, timeout=30_000)
+            narrow = page.locator("canvas.mmviz-map__gl").evaluate("c => `${c.width}x${c.height}`")
+            assert int(narrow.split("x")[0]) < width
+            expect(root).to_have_attribute("data-render-size", narrow, timeout=30_000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "map_narrow.png"))
             print(f"websocket: first load {first_load:,} B, hover {hover_bytes:,} B; "
                   f"draw {root.get_attribute('data-draw-ms')} ms {root.get_attribute('data-timings')}")
         finally:

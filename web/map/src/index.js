@@ -6,10 +6,10 @@
 //   * two relays, data = {overlay_for, lines?, selected?} and {overlay_for, hover}: small, they
 //     change with the selection and on every hover. They hand their data to the map through a
 //     window CustomEvent, so a hover rerun does not change (and re-send) the big message.
-import createScatterplot from 'regl-scatterplot';
+import createScatterplot, { createRenderer } from 'regl-scatterplot';
 import { drawArrow, drawBrush, drawHoverRing, drawPairLines, renderLegend } from './draw2d.js';
 import './map.css';
-import { column, el, fmt, indicesToBase64, spatialIndex, webglProblem } from './util.js';
+import { column, el, fmt, indicesToBase64, spatialIndexAsync, webglProblem } from './util.js';
 
 const OVERLAY_EVENT = 'mmviz-map-overlay';
 const HOVER_DEBOUNCE_MS = 150;
@@ -219,6 +219,8 @@ class MapView {
       this.fail('No points to draw.');
       return;
     }
+    // started first: the worker builds it while WebGL is set up here
+    this.indexReady = spatialIndexAsync(x, y);
     this.root.dataset.drawn = '';
     this.root.dataset.state = 'drawing';
     this.message.hidden = false;
@@ -245,7 +247,17 @@ class MapView {
     // first view would be fitted to that.
     const rect = this.root.getBoundingClientRect();
     try {
+      // Our own renderer, sized to the map: regl-scatterplot's default one renders into a
+      // float framebuffer the size of the whole window (times the pixel ratio squared) and
+      // copies out the middle, which costs memory and time in every frame.
+      const shared = document.createElement('canvas');
+      const dpr = window.devicePixelRatio || 1;
+      shared.width = Math.max(1, Math.round(rect.width * dpr));
+      shared.height = Math.max(1, Math.round(rect.height * dpr));
+      this.renderer = createRenderer({ canvas: shared });
+      this.root.dataset.renderSize = `${shared.width}x${shared.height}`;
       this.plot = createScatterplot({
+        renderer: this.renderer,
         canvas: this.glCanvas,
         width: rect.width > 0 ? rect.width : 'auto',
         height: rect.height > 0 ? rect.height : 'auto',
@@ -258,6 +270,8 @@ class MapView {
         opacityInactiveScale: 0.5,
       });
     } catch (err) {
+      this.renderer?.destroy();
+      this.renderer = null;
       this.fail(`WebGL failed to start (${err?.message || err}), so the embedding map cannot be drawn.`);
       return false;
     }
@@ -323,8 +337,10 @@ class MapView {
       this.resetView();
     }
     const t0 = performance.now();
-    this.index = x.length ? spatialIndex(x, y) : null;
-    const index = this.index?.data;
+    const { index: built, builtIn } = await this.indexReady; // built in a worker meanwhile: the wait
+    this.index = built;
+    this.root.dataset.indexBuilt = builtIn;
+    const index = built.data;
     const tIndex = performance.now();
     await this.plot.draw(data, {
       zDataType: 'categorical',
@@ -408,7 +424,11 @@ class MapView {
     const resized = this.plot && rect.width > 0 && rect.height > 0 &&
       (rect.width !== this.plot.get('width') || rect.height !== this.plot.get('height'));
     // (a redundant set would re-render every point: seconds at 2M points in software GL)
-    if (resized) this.plot.set({ width: rect.width, height: rect.height });
+    if (resized) {
+      this.renderer.resize(rect.width, rect.height); // the frame is rendered at the map's size
+      this.root.dataset.renderSize = `${this.renderer.canvas.width}x${this.renderer.canvas.height}`;
+      this.plot.set({ width: rect.width, height: rect.height });
+    }
     const dpr = window.devicePixelRatio || 1;
     for (const canvas of [this.linesCanvas, this.arrowCanvas]) {
       canvas.width = Math.max(1, Math.round(rect.width * dpr));
@@ -599,6 +619,7 @@ class MapView {
     clearTimeout(this.hoverTimer);
     this.resizeObserver?.disconnect();
     this.plot?.destroy();
+    this.renderer?.destroy(); // a renderer passed in is not the plot's to destroy
     this.root.remove();
   }
 }
