@@ -46,7 +46,7 @@ LOSSES = {
 
 
 def step_seconds(folder: Path, warmup: int) -> float:
-    from mmviz.finetune.train import read_metrics
+    from mmviz.run_folder import read_metrics
 
     rows = read_metrics(folder, "step")
     t = np.array([r["seconds"] for r in rows])
@@ -64,8 +64,9 @@ def main() -> None:
     import torch
 
     from mmviz.builtin import make_demo
+    from mmviz.finetune.config import FinetuneConfig, create_run
     from mmviz.finetune.losses import FinetuneLoss, LossConfig
-    from mmviz.finetune.train import FinetuneConfig, create_run, run
+    from mmviz.finetune.train import run
     from mmviz.store import Workspace
 
     home = Path(tempfile.mkdtemp(prefix="mmviz-bench-ft-"))

@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "finetune_finding.json"))
     args = ap.parse_args()
     from mmviz.builtin import make_demo
-    from mmviz.finetune.train import FinetuneConfig, create_run, run
+    from mmviz.finetune.config import FinetuneConfig, create_run
+    from mmviz.finetune.train import run
     from mmviz.store import Workspace
 
     ws = Workspace(tempfile.mkdtemp(prefix="mmviz-finding-"))

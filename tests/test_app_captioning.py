@@ -134,7 +134,7 @@ def test_a_run_trains_in_the_background_and_is_then_offered(app_home):
 
 
 def test_cancel_stops_the_run_with_its_checkpoint_and_offers_resume(app_home):
-    from mmviz.finetune.train import read_metrics
+    from mmviz.run_folder import read_metrics
 
     embedded_demo(app_home, n=80)
     ws = Workspace(app_home)

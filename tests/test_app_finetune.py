@@ -9,7 +9,7 @@ import pytest
 from conftest import open_page
 from mmviz.builtin import make_demo
 from mmviz.finetune import runs
-from mmviz.finetune.train import read_metrics
+from mmviz.run_folder import read_metrics
 from mmviz.store import Workspace
 
 

@@ -165,6 +165,15 @@ def test_too_few_captions_or_no_images_are_refused_before_work(builtin):
         fit(text_only, builtin.tokenizer, CaptionerConfig(variant="paired", epochs=1))
 
 
+def test_config_from_a_run_folder_round_trips_and_names_unknown_settings():
+    from dataclasses import asdict
+
+    cfg = CaptionerConfig(variant="c3", epochs=3, width=32, heads=2)
+    assert CaptionerConfig.from_dict(json.loads(json.dumps(asdict(cfg)))) == cfg
+    with pytest.raises(ValueError, match="unknown captioner settings: colour, size"):
+        CaptionerConfig.from_dict({**asdict(cfg), "size": 1, "colour": "red"})
+
+
 def test_save_and_load_round_trip_never_pickles(builtin, tmp_path):
     from safetensors import safe_open
 
@@ -253,7 +262,7 @@ def test_captioner_train_cli_refuses_a_set_with_too_few_captions(tmp_path):
 
 def test_a_cancelled_run_resumes_and_is_scored(demo_home):
     from mmviz.captioner import runs
-    from mmviz.finetune.train import read_metrics, read_status
+    from mmviz.run_folder import read_metrics, read_status
 
     folder = runs.create_run(demo_home, runs.CaptionerRun("shapes-demo", "builtin:shapes",
                                                           {"variant": "c3", "epochs": 2, "batch_size": 32,

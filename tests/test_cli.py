@@ -261,15 +261,19 @@ def test_console_script_round_trip(tmp_path):
 
 
 def test_commands_that_need_no_model_do_not_load_torch(tmp_path):
-    """Help, usage errors, list, show, delete and a vectors import answer without importing torch
-    (2.5 s of the 3 s every command took when the parser named the heads, losses and layers
+    """Help, usage errors, list, show, delete, runs and a vectors import answer without importing
+    torch (2.5 s of the 3 s every command took when the parser named the heads, losses and layers
     through the modules that define them); the names stay the ones those modules check."""
     import numpy as np
 
     np.save(tmp_path / "v.npy", np.random.default_rng(0).normal(size=(2, 30, 8)).astype(np.float32))
     home, vectors = str(tmp_path / "home"), str(tmp_path / "v.npy")
-    runs = [["import", vectors, "--name", "v", "-q"], ["list"], ["show", "v"], ["delete", "v"], ["--help"], ["nonsense"]]
+    runs = [["import", vectors, "--name", "v", "-q"], ["list"], ["show", "v"], ["runs"], ["runs", "--json"],
+            ["delete", "v"], ["--help"], ["nonsense"]]
+    # a fine-tuning run for `runs` to list, made as the app and `mmviz finetune` make one
     script = ("import json, sys\nfrom mmviz.cli import main\ncodes = []\n"
+              "from mmviz.finetune.config import FinetuneConfig, create_run\n"
+              f"create_run({home!r}, FinetuneConfig(dataset='v', steps=3), run_id='r1')\n"
               "for argv in json.loads(sys.argv[1]):\n"
               "    try:\n        codes.append(main(argv))\n    except SystemExit as e:\n        codes.append(e.code)\n"
               "print(json.dumps([codes, 'torch' in sys.modules]))")
@@ -277,14 +281,18 @@ def test_commands_that_need_no_model_do_not_load_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", script, json.dumps(argvs)], capture_output=True, text=True,
                           timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[0, 0, 0, 0, 0, 2], False]
+    *printed, last = done.stdout.strip().splitlines()
+    assert json.loads(last) == [[0, 0, 0, 0, 0, 0, 0, 2], False]
+    listed, _ = json.JSONDecoder().raw_decode(done.stdout[done.stdout.index("[\n"):])
+    assert [(r["id"], r["state"], r["config"]["steps"]) for r in listed] == [("r1", "created", 3)]
+    assert any(line.startswith("r1") and "created" in line and "0/3" in line for line in printed), printed
     # the torch-free names are the ones the code checks against
     from mmviz import finetune, vqa
-    from mmviz.finetune import losses, train
+    from mmviz.finetune import config, losses
     from mmviz.vqa import model
 
-    assert losses.LOSSES is finetune.LOSSES and losses.UNIMODAL is finetune.UNIMODAL
-    assert train.TRAINABLE is finetune.TRAINABLE and model.HEADS is vqa.HEADS
+    assert config.LOSSES is finetune.LOSSES and config.UNIMODAL is finetune.UNIMODAL is losses.UNIMODAL
+    assert config.TRAINABLE is finetune.TRAINABLE and model.HEADS is vqa.HEADS
     assert {type(model.make_head(h, 8, 8, 3)).__name__ for h in vqa.HEADS} == {
         "BAN", "ConcatMLP", "Hadamard"}
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

@@ -19,9 +19,10 @@ import torch
 from mmviz.builtin import make_demo
 from mmviz.finetune import runs
 from mmviz.finetune.losses import info_nce
-from mmviz.finetune.train import (FinetuneConfig, PairData, create_run, global_batch, load_checkpoint, lr_at,
-                                  make_optimizer, read_metrics, read_status, run, save_checkpoint, select_trainable,
-                                  split_rows)
+from mmviz.finetune.config import FinetuneConfig, create_run, split_rows
+from mmviz.finetune.train import (PairData, global_batch, load_checkpoint, lr_at, make_optimizer, run, save_checkpoint,
+                                  select_trainable)
+from mmviz.run_folder import read_metrics, read_status
 from mmviz.models import build_model, load_model
 from mmviz.store import Workspace
 

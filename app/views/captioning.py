@@ -15,7 +15,7 @@ from mmviz.captioner import runs
 from mmviz.captioner.evaluate import METRICS, evaluate
 from mmviz.embed import encode_texts
 from mmviz.finetune import runs as procs
-from mmviz.finetune.train import read_metrics, read_status
+from mmviz.run_folder import read_metrics, read_status
 from mmviz.models import BUILTIN_SPEC, ModelSpecError, ModelUnavailable, load_model
 from mmviz.queries import image_query, open_query_image
 

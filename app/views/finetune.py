@@ -9,8 +9,10 @@ import links
 from mmviz import viz
 from mmviz.finetune import runs
 from mmviz.models import ModelSpecError, ModelUnavailable
-from mmviz.finetune.losses import UNIMODAL
-from mmviz.finetune.train import FinetuneConfig, load_vectors, read_config, read_metrics, read_status, runs_dir
+from mmviz.finetune import UNIMODAL
+from mmviz.finetune.config import FinetuneConfig, read_config, runs_dir
+from mmviz.finetune.train import load_vectors
+from mmviz.run_folder import read_metrics, read_status
 
 LOSSES = {"CLIP (InfoNCE)": "clip", "m2-mix": "m2mix"}
 TRAINABLE = {"Everything": "all", "Last block of each tower": "last", "Output projections only": "proj"}

@@ -113,7 +113,7 @@ def preflight(home, run: CaptionerRun) -> None:
 
 
 def create_run(home, run: CaptionerRun) -> Path:
-    from ..finetune.train import make_run_folder
+    from ..run_folder import make_run_folder
 
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", run.dataset)[:40]
     return make_run_folder(runs_dir(home), f"{time.strftime('%Y%m%d-%H%M%S')}-{run.config().variant}-{name}",
@@ -147,7 +147,7 @@ def train_run(home, folder: str | os.PathLike, progress: Callable[[dict], None] 
     """Train (or resume) the run in `folder`, then caption its test images and score them;
     returns result.json's content. SIGTERM, a first Ctrl-C or a `cancel` file stop it after the
     current step with its checkpoint saved (raises Cancelled)."""
-    from ..finetune.train import _log, _truncate_metrics, cancel_requested, write_status
+    from ..run_folder import append_metrics, cancel_requested, truncate_metrics, write_status
     from ..models import load_model
     from ..embed import encode_texts
     from ..candidates import default_prefix
@@ -178,10 +178,10 @@ def train_run(home, folder: str | os.PathLike, progress: Callable[[dict], None] 
             from safetensors import safe_open
 
             with safe_open(str(ckpt), "pt") as f:
-                _truncate_metrics(folder, int(f.metadata()["step"]))
+                truncate_metrics(folder, int(f.metadata()["step"]))
 
         def step(row: dict) -> None:
-            _log(folder, {"kind": "step", **row})
+            append_metrics(folder, {"kind": "step", **row})
             if row["step"] % config.checkpoint_every == 0 or row["step"] == row["steps"]:
                 write_status(folder, "running", step=row["step"], steps=row["steps"])
             if progress is not None:
@@ -219,7 +219,7 @@ def list_runs(home, dataset: str | None = None, model: str | None = None) -> lis
     """Captioner runs, newest first (of one dataset and model if given): id, folder, state,
     step, steps, run, result."""
     from ..finetune import runs as process_runs
-    from ..finetune.train import read_status
+    from ..run_folder import read_status
 
     base = runs_dir(home)
     out = []

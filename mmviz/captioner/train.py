@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..run_folder import config_from_dict
 from ..store import atomic_write_json
 from . import variants as V
 from .model import CaptionDecoder, DecoderShape
@@ -66,11 +67,7 @@ class CaptionerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptionerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown captioner settings: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return config_from_dict(cls, d, "captioner")
 
 
 @dataclass

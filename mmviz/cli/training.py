@@ -14,7 +14,7 @@ def _finetune_config(args) -> dict:
     """The FinetuneConfig fields given on the command line (each option is named after its field)."""
     from dataclasses import fields
 
-    from ..finetune.train import FinetuneConfig
+    from ..finetune.config import FinetuneConfig
 
     d = {f.name: getattr(args, f.name) for f in fields(FinetuneConfig)
          if f.name != "dataset" and getattr(args, f.name, None) is not None}
@@ -27,7 +27,8 @@ def cmd_finetune(ws: Workspace, args) -> int:
     """New run (NAME and settings) or --resume RUN; under torchrun, process 0 creates the run
     folder and tells the others its name."""
     from ..finetune import distributed
-    from ..finetune.train import Cancelled, FinetuneConfig, create_run, read_config, run, runs_dir
+    from ..finetune.config import FinetuneConfig, create_run, preflight, read_config, runs_dir
+    from ..finetune.train import Cancelled, run
     from ..transforms import metric_table
 
     if (args.name is None) == (args.resume is None):
@@ -44,7 +45,6 @@ def cmd_finetune(ws: Workspace, args) -> int:
     else:
         if not ws.exists(args.name):
             return err(f"no dataset {args.name!r} in {ws.home}; `mmviz list` shows the datasets")
-        from ..finetune.train import preflight
         from ..models import ModelSpecError, ModelUnavailable
 
         try:

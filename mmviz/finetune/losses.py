@@ -33,13 +33,13 @@ torch.Generator so that every process of a distributed run draws the same ones.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import LOSSES, UNIMODAL
+from . import UNIMODAL
+from .config import LossConfig  # here too: the losses are configured by it
 
 EPS = 1e-12
 MAX_LOGIT_SCALE = 100.0  # CLIP clamps exp(log-scale) here: temperature never below 0.01
@@ -224,41 +224,6 @@ def logit_scale_param(temperature: float | None, init: float = 1 / 0.07, learnab
 
 # ----------------------------------------------------------------------------------------
 # the configured total
-
-
-@dataclass
-class LossConfig:
-    loss: str = "clip"  # "clip" or "m2mix"
-    m2_alpha: float = 0.5  # lam ~ Beta(alpha, alpha) for the cross-modal mix
-    m2_weight: float = 1.0
-    m2_temperature: float | None = None  # None: the CLIP logit scale; else a fixed tau (scale 1/tau)
-    m2_decay: float = 1.0  # weight at epoch e = m2_weight * m2_decay**e (the paper's --schedule uses 1/(e+1))
-    unimodal: str = "none"  # "none" | "image" | "text" | "both"
-    unimodal_alpha: float = 2.0
-    unimodal_weight: float = 1.0
-    noise: float = 0.0  # C3 noise sigma on the embeddings during training
-    noise_modalities: tuple[str, ...] = ("text",)  # C3 trains with noisy text; "image" and/or "text"
-
-    def __post_init__(self):
-        def check(ok, field, allowed, value):
-            if not ok:
-                raise ValueError(f"LossConfig.{field} must be {allowed}, got {value!r}")
-
-        check(self.loss in LOSSES, "loss", f"one of {LOSSES}", self.loss)
-        check(self.unimodal in UNIMODAL, "unimodal", f"one of {UNIMODAL}", self.unimodal)
-        for field in ("m2_alpha", "unimodal_alpha"):
-            value = getattr(self, field)
-            check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0, field, "> 0", value)
-        for field in ("m2_weight", "unimodal_weight", "noise"):
-            value = getattr(self, field)
-            check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, field, ">= 0", value)
-        check(0 <= self.m2_decay <= 1, "m2_decay", "in [0, 1]", self.m2_decay)
-        tau = self.m2_temperature
-        check(tau is None or (math.isfinite(tau) and tau > 0), "m2_temperature", "None or > 0", tau)
-        self.noise_modalities = (self.noise_modalities,) if isinstance(self.noise_modalities, str) \
-            else tuple(self.noise_modalities)
-        check(len(self.noise_modalities) > 0 and set(self.noise_modalities) <= {"image", "text"},
-              "noise_modalities", "a non-empty tuple of 'image' and/or 'text'", self.noise_modalities)
 
 
 class FinetuneLoss(torch.nn.Module):

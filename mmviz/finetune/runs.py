@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from ..store import Workspace
-from .train import FinetuneConfig, create_run, preflight, read_config, read_status, runs_dir, write_status
+from ..run_folder import read_status, write_status
+from .config import FinetuneConfig, create_run, preflight, read_config, runs_dir
 
 REPO = Path(__file__).resolve().parents[2]
 _children: dict[int, subprocess.Popen] = {}  # processes this one started: poll() reaps them

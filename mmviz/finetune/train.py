@@ -26,7 +26,7 @@ import re
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -35,10 +35,11 @@ import torch
 
 from ..geometry import gap_length
 from ..retrieval import recall_at_k
+from ..run_folder import append_metrics, cancel_requested, read_metrics, truncate_metrics, write_status
 from ..store import Workspace, atomic_write_json, has_image
-from . import TRAINABLE
+from .config import FinetuneConfig, read_config, split_rows
 from .distributed import cleanup, gather_with_grad, setup_from_env
-from .losses import MAX_LOGIT_SCALE, FinetuneLoss, LossConfig
+from .losses import MAX_LOGIT_SCALE, FinetuneLoss
 
 # The output projections of open_clip's towers, under their names in each architecture family.
 _PROJECTIONS = re.compile(r"^(visual\.proj|text_projection|visual\.head\.|visual\.attnpool\.c_proj\.|text\.proj)")
@@ -50,185 +51,8 @@ class Cancelled(Exception):
     """The run was asked to stop (SIGTERM or a cancel file); its checkpoint is saved."""
 
 
-@dataclass
-class FinetuneConfig:
-    """What a run does. The loss fields are LossConfig's (see losses.py)."""
-
-    dataset: str
-    model: str = "builtin:shapes"
-    loss: str = "clip"  # "clip" (plain InfoNCE) or "m2mix"
-    trainable: str = "all"  # "proj" (output projections), "last" (the last `last_blocks` blocks of both towers) or "all"
-    last_blocks: int = 1
-    steps: int = 200
-    batch_size: int = 128  # global: split over the processes of a distributed run
-    lr: float = 1e-4
-    warmup: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-    temperature: float | None = None  # None: train CLIP's logit scale from the model's value; a number fixes it
-    seed: int = 0
-    val_fraction: float = 0.2  # of the images (with all their captions): the before/after split
-    max_val: int = 2000  # at most this many validation images
-    eval_every: int = 0  # steps between validation passes; 0 = once per epoch
-    checkpoint_every: int = 50
-    amp: bool = True  # mixed precision, on CUDA only
-    device: str | None = None
-    m2_alpha: float = 0.5
-    m2_weight: float = 1.0
-    m2_temperature: float | None = None
-    m2_decay: float = 1.0
-    unimodal: str = "none"
-    unimodal_alpha: float = 2.0
-    unimodal_weight: float = 1.0
-    noise: float = 0.0
-    noise_modalities: tuple[str, ...] = ("text",)
-
-    def __post_init__(self):
-        self.noise_modalities = tuple(self.noise_modalities)
-        if self.trainable not in TRAINABLE:
-            raise ValueError(f"trainable must be one of {', '.join(TRAINABLE)}, got {self.trainable!r}")
-        for name in ("steps", "batch_size", "last_blocks", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2: a contrastive loss needs negatives")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 (or None to learn it), got {self.temperature}")
-        self.loss_config()  # validates the loss fields
-
-    def loss_config(self) -> LossConfig:
-        names = {f.name for f in fields(LossConfig)}
-        return LossConfig(**{k: v for k, v in asdict(self).items() if k in names})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FinetuneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown fine-tuning settings: {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------
-# the run folder
-
-
-def runs_dir(home: str | os.PathLike | Workspace) -> Path:
-    ws = home if isinstance(home, Workspace) else Workspace(home)
-    return ws.home / "runs"
-
-
-def new_run_id(config: FinetuneConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", config.dataset)[:40]
-    return f"{stamp}-{config.loss}-{name}"
-
-
-def preflight(home, config: FinetuneConfig) -> None:
-    """Fail fast, before a process is started, with what would stop the run early: a missing
-    dataset, too few images for the batch, a model whose weights are not here."""
-    from ..models import parse_spec, resolve
-
-    ws = home if isinstance(home, Workspace) else Workspace(home)
-    if not ws.exists(config.dataset):
-        raise ValueError(f"no dataset {config.dataset!r} in {ws.home}")
-    ds = ws.open(config.dataset)
-    n = int(has_image(ds.table()).sum())
-    if n == 0:
-        raise ValueError(f"dataset {ds.name} has no images: fine-tuning needs image files, not only vectors")
-    split = split_rows(n, config.val_fraction, config.seed, config.max_val)
-    if len(split.train) < config.batch_size:
-        raise ValueError(f"batch size {config.batch_size} is larger than the {len(split.train)} training images of "
-                         f"{ds.name} (after holding out {len(split.val)} for validation); lower the batch size")
-    resolve(parse_spec(config.model), download=False)  # raises ModelSpecError / ModelUnavailable in seconds
-
-
-def create_run(home, config: FinetuneConfig, run_id: str | None = None) -> Path:
-    """Make the run folder with config.json and status "created"; returns it."""
-    return make_run_folder(runs_dir(home), run_id or new_run_id(config), asdict(config))
-
-
-def make_run_folder(base: Path, run_id: str, config: dict) -> Path:
-    """A new folder `base/run_id` (`-2`, `-3`... for two runs started in the same second) with
-    config.json and status "created": every kind of background run starts so."""
-    folder, n = base / run_id, 1
-    while folder.exists():
-        n += 1
-        folder = base / f"{run_id}-{n}"
-    folder.mkdir(parents=True)
-    atomic_write_json(folder / "config.json", config)
-    write_status(folder, "created")
-    return folder
-
-
-def read_config(folder: str | os.PathLike) -> FinetuneConfig:
-    return FinetuneConfig.from_dict(json.loads((Path(folder) / "config.json").read_text("utf-8")))
-
-
-def read_status(folder: str | os.PathLike) -> dict:
-    p = Path(folder) / "status.json"
-    try:
-        return json.loads(p.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {"state": "unknown"}
-
-
-def write_status(folder: Path, state: str, **info) -> None:
-    old = read_status(folder) if (folder / "status.json").exists() else {}
-    if state == "running":  # a resumed run is no longer failed
-        old.pop("error", None)
-    atomic_write_json(folder / "status.json", {**old, **info, "state": state, "updated": time.time()})
-
-
-def read_metrics(folder: str | os.PathLike, kind: str | None = None) -> list[dict]:
-    """The lines of metrics.jsonl (of one kind if given); a half-written last line is skipped."""
-    p = Path(folder) / "metrics.jsonl"
-    out = []
-    if p.exists():
-        for line in p.read_text("utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if kind is None or row.get("kind") == kind:
-                out.append(row)
-    return out
-
-
-def _truncate_metrics(folder: Path, step: int) -> None:
-    """Drop what a killed run logged after its last checkpoint: resumed, those steps run again."""
-    keep = [r for r in read_metrics(folder) if r.get("step", 0) <= step]
-    tmp = folder / "metrics.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), "utf-8")
-    os.replace(tmp, folder / "metrics.jsonl")
-
-
-def cancel_requested(folder: Path) -> bool:
-    return (folder / "cancel").exists()
-
-
 # ----------------------------------------------------------------------------------------
 # data
-
-
-@dataclass
-class Split:
-    """Rows of the dataset table used for training and for validation (before/after)."""
-
-    train: np.ndarray
-    val: np.ndarray
-
-
-def split_rows(n: int, val_fraction: float, seed: int, max_val: int) -> Split:
-    """A seeded split of n images (each with all its captions) into train and validation."""
-    order = np.random.default_rng([seed, 7]).permutation(n)
-    n_val = min(max_val, max(1, int(round(n * val_fraction))))
-    if n - n_val < 2:
-        raise ValueError(f"{n} images are too few to fine-tune on: at least 2 must remain for training "
-                         f"after {n_val} for validation")
-    return Split(np.sort(order[n_val:]), np.sort(order[:n_val]))
 
 
 class PairData:
@@ -465,11 +289,6 @@ def load_vectors(folder: str | os.PathLike, which: str) -> dict[str, np.ndarray]
 Progress = Callable[[dict], None]
 
 
-def _log(folder: Path, row: dict) -> None:
-    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def run(home, folder: str | os.PathLike, progress: Progress | None = None) -> dict:
     """Run (or resume) the run in `folder` to its last step; returns result.json's content.
 
@@ -546,7 +365,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
     step = load_checkpoint(folder, model, opt)  # every process: they must start equal
     resumed_from = step
     if main and (folder / "metrics.jsonl").exists():
-        _truncate_metrics(folder, step)
+        truncate_metrics(folder, step)
 
     # before: the start weights on the validation split (kept from the first attempt on resume)
     if main and not ((folder / "before.npz").exists() and (folder / "before.json").exists()):
@@ -601,7 +420,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
             row = {"kind": "step", "step": step, "steps": config.steps, "epoch": epoch, **parts,
                    "lr": opt.param_groups[0]["lr"], "logit_scale": float(scale.detach()), "grad_norm": grad_norm,
                    "seconds": round(time.time() - t0, 3)}
-            _log(folder, row)
+            append_metrics(folder, row)
             if progress:
                 progress(row)
         if main and (step % config.checkpoint_every == 0 or step == config.steps):
@@ -613,7 +432,7 @@ def _train(ws: Workspace, folder: Path, config: FinetuneConfig, rank: int, world
             row = {"kind": "epoch", "step": step, "epoch": step / max(1, per_epoch),
                    "train_loss": float(np.mean(since_eval)), **validation(model, data, split.val, device)}
             since_eval = []
-            _log(folder, row)
+            append_metrics(folder, row)
             if progress:
                 progress(row)
     train_seconds = time.time() - t0
