@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .arrays import gather_rows, release_pages, rows_per_chunk
-from .geometry import _device
+from .geometry.streaming import _device
 from .sphere import EPS, normalise
 
 FAISS_MIN_KEYS = 50_000  # backend="auto" uses faiss (when importable) for at least this many keys ...

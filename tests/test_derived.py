@@ -169,11 +169,11 @@ def test_a_view_of_a_map_and_a_geometry_pass_let_its_pages_go(tmp_path, monkeypa
     arrays.release_pages(cow, np.asarray(cow))
     assert (cow[0] == 7.0).all()
     # a pass in chunks of 1,024 rows, letting go every 2 chunks
-    monkeypatch.setattr(geometry, "ROWS", 1024)
-    monkeypatch.setattr(geometry, "RELEASE_EVERY", 2)
+    monkeypatch.setattr(geometry.streaming, "ROWS", 1024)
+    monkeypatch.setattr(geometry.streaming, "RELEASE_EVERY", 2)
     seen = []
-    real = geometry._unit
-    monkeypatch.setattr(geometry, "_unit", lambda rows, *k: (seen.append(rss_file()), real(rows, *k))[1])
+    real = geometry.streaming._unit
+    monkeypatch.setattr(geometry.streaming, "_unit", lambda rows, *k: (seen.append(rss_file()), real(rows, *k))[1])
     base = rss_file()
     want = geometry.paired_cosines(a, b)
     assert max(seen) - base < 36_000  # kB: 2 threads x 2 maps x 2 chunks of 2 MB at most, of the 64 MB read

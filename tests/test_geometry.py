@@ -310,11 +310,11 @@ def test_inputs_any_float_array_and_chunked(paired, monkeypatch):
     got = G.all_metrics(xt, torch.tensor(y, dtype=torch.float32))
     assert got == pytest.approx(ref, rel=1e-5, abs=1e-5)
     # chunking (rows and n x n blocks) changes nothing but rounding
-    monkeypatch.setattr(G, "ROWS", 7)
-    monkeypatch.setattr(G, "BLOCK", 1000)
+    monkeypatch.setattr(G.streaming, "ROWS", 7)
+    monkeypatch.setattr(G.streaming, "BLOCK", 1000)
     assert G.all_metrics(x, y, device="cpu") == pytest.approx(ref, rel=1e-10, abs=1e-12)
     # the torch code path (what CUDA runs) on CPU tensors: same float64 results
-    monkeypatch.setattr(G, "CPU_NUMPY", False)
+    monkeypatch.setattr(G.streaming, "CPU_NUMPY", False)
     assert G.all_metrics(x, y) == pytest.approx(ref, rel=1e-10, abs=1e-12)
 
 
