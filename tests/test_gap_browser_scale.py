@@ -99,10 +99,14 @@ def test_gap_explorer_draws_lassos_and_hovers_100k_pairs(big_app):
             # the panel lists the picked images in row order, each with its own caption
             first = int(low[0]) if count == len(low) else None
             listed = page.locator("code").filter(has_text=re.compile(r"^\S+$"))
-            expect(listed.first).to_be_visible(timeout=30_000)
+            # "and N more" ends the panel: once it shows, every entry above it has arrived (they
+            # come one by one, and reading them earlier found only the first four)
+            more = page.get_by_text(re.compile(r"^and [\d,]+ more$"))
+            expect(more).to_be_visible(timeout=30_000)
             ids = [emb.ids[int(r)] for r in high]
             shown = [t for t in listed.all_inner_texts() if t in set(ids)]
             assert len(shown) >= 10, listed.all_inner_texts()
+            assert len(shown) + int(more.inner_text().split()[1].replace(",", "")) == count
             for id_ in shown[:3]:  # the entry's paragraph: its id, then its caption
                 entry = page.locator("p", has=page.locator("code", has_text=re.compile(f"^{re.escape(id_)}$")))
                 assert f"– {caption(emb.ids.index(id_))}" in entry.first.inner_text()
