@@ -221,7 +221,7 @@ def test_map_draws_selects_and_hovers(demo_url):
             assert root.get_attribute("data-view") == view0
             page.screenshot(path=str(ARTIFACTS / "map_by_value.png"))
 
-            # A narrower window: the renderer follows the map's new size, and the points with it.
+            # A narrower window: the renderer follows the map's new size (map_narrow.png shows the points).
             page.set_viewport_size({"width": 1000, "height": 900})
             expect(root).not_to_have_attribute("data-render-size", gl_size, timeout=30_000)
             narrow = page.locator("canvas.mmviz-map__gl").evaluate("c => `${c.width}x${c.height}`")
