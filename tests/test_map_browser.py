@@ -219,6 +219,7 @@ def test_map_draws_selects_and_hovers(demo_url):
             expect(root.locator(".mmviz-map__legend")).to_contain_text("x·y", timeout=60_000)
             expect(root).to_have_attribute("data-drawn", str(N), timeout=60_000)
             assert root.get_attribute("data-view") == view0
+            assert root.get_attribute("data-index-built") == "kept"  # same positions: no rebuild
             page.screenshot(path=str(ARTIFACTS / "map_by_value.png"))
 
             # A narrower window: the renderer follows the map's new size (map_narrow.png shows the points).

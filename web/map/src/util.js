@@ -70,6 +70,13 @@ export function spatialIndexAsync(x, y) {
   });
 }
 
+// Whether two typed arrays hold the same numbers (a few ms at 2M points).
+export function sameValues(a, b) {
+  if (!a || !b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 export function column(table, name) {
   const col = table?.getChild?.(name);
   return col ? col.toArray() : null;
