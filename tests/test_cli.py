@@ -636,3 +636,21 @@ def test_vqa_questions_attaches_a_table(tmp_path, capsys):
     assert rc == 1 and "none.csv: no such file" in err
     rc, out, err = run(capsys, "--home", home, "vqa", "questions", "shapes-demo", f, "--annotations", f)
     assert rc == 1 and "need the COCO images folder too: --images DIR" in err
+
+
+def test_app_server_settings_match_the_repo_config(tmp_path, monkeypatch):
+    """`mmviz app` and `streamlit run app/main.py` from the repo root (tests, benches) serve
+    with the same settings: each of SERVER_OPTIONS is on the command line and in config.toml."""
+    import tomllib
+
+    from mmviz import cli
+
+    seen = {}
+    monkeypatch.setattr(cli.app, "run_until_stopped", lambda cmd, env: seen.update(cmd=cmd) or 0)
+    assert main(["--home", str(tmp_path), "app"]) == 0
+    config = tomllib.loads((Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert {"server.fileWatcherType", "runner.postScriptGC"} <= set(cli.app.SERVER_OPTIONS)
+    for name, value in cli.app.SERVER_OPTIONS.items():
+        assert seen["cmd"][seen["cmd"].index(f"--{name}") + 1] == value
+        section, key = name.split(".")
+        assert str(config[section][key]).lower() == value, name

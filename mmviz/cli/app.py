@@ -13,6 +13,21 @@ from ..store import Workspace
 from .common import err
 
 APP_MAIN = Path(__file__).resolve().parents[2] / "app" / "main.py"
+# Streamlit settings of every mmviz server, also in .streamlit/config.toml for `streamlit run`
+# from the repo root (a test keeps the two the same).
+SERVER_OPTIONS = {
+    "server.headless": "true",
+    "browser.gatherUsageStats": "false",
+    "client.toolbarMode": "minimal",
+    # Streamlit's source watcher realpath()s every module in sys.modules (3,700 with torch
+    # loaded) on the server's event loop after each run, hover reruns included: 0.6 s in
+    # which no message reaches any browser (measured). mmviz is not edited while it serves.
+    "server.fileWatcherType": "none",
+    # Streamlit's full gc.collect() after each run walks ~450k long-lived objects (torch,
+    # pandas, plotly): 0.2 to 0.3 s a run, holding the GIL. Python's own generational
+    # collection still frees cycles; the large arrays go by reference counting.
+    "runner.postScriptGC": "false",
+}
 
 
 def cmd_app(ws: Workspace, args) -> int:
@@ -27,9 +42,8 @@ def cmd_app(ws: Workspace, args) -> int:
     except ValueError as e:
         return err(str(e))
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_MAIN),
-           "--server.address", args.host, "--server.port", str(args.port),
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.maxUploadSize", str(max_mb)]
+           "--server.address", args.host, "--server.port", str(args.port), "--server.maxUploadSize", str(max_mb)]
+    cmd += [arg for name, value in SERVER_OPTIONS.items() for arg in (f"--{name}", value)]
     print(f"mmviz app on http://{args.host}:{args.port} (workspace {ws.home}); Ctrl-C stops it", file=sys.stderr)
     return run_until_stopped(cmd, env)
 
