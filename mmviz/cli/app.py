@@ -25,7 +25,8 @@ SERVER_OPTIONS = {
     "server.fileWatcherType": "none",
     # Streamlit's full gc.collect() after each run walks ~450k long-lived objects (torch,
     # pandas, plotly): 0.2 to 0.3 s a run, holding the GIL. Python's own generational
-    # collection still frees cycles; the large arrays go by reference counting.
+    # collection still frees cycles; the large arrays go by reference counting. The server's
+    # peak memory at 1M pairs stayed within run-to-run noise (1.59 GB without, 1.67 GB with).
     "runner.postScriptGC": "false",
 }
 
