@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,11 +26,10 @@ from typing import Callable
 import numpy as np
 
 from .arrays import NpyWriter, ensure_free, open_array, stored_dtype
-from .atomic import atomic_write_json
+from .atomic import STAGING_PREFIX, StagingFolder, atomic_write_json, remove_dead_staging
 
 FORMAT = 1
 MAX_KEPT = 6  # variants kept in a workspace; the least recently used beyond this are removed
-STALE_SECONDS = 3600  # a staging folder this old belongs to a dead writer
 
 
 @dataclass
@@ -94,8 +92,8 @@ def transformed(home, parts: dict, transform, images, texts,
         transform.fit(images, texts)
     if progress:
         progress(n + m, total)
-    staging = root / f".staging-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
+    staging_folder = StagingFolder(root)  # its lock tells _prune this writer is alive
+    staging = staging_folder.path
     try:
         writers = {"image": NpyWriter(staging / "image.npy", dim, dtype), "text": NpyWriter(staging / "text.npy", dim, dtype)}
         done = n + m
@@ -116,10 +114,9 @@ def transformed(home, parts: dict, transform, images, texts,
         try:
             os.rename(staging, path)
         except OSError:  # another writer got there first: its copy is as good
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            pass
+    finally:
+        staging_folder.close()
     _used(path)
     _prune(root, keep=path)
     return _open(path, False)
@@ -134,16 +131,15 @@ def _used(path: Path) -> None:
 
 def _prune(root: Path, keep: Path) -> None:
     """Remove all but the MAX_KEPT most recently used variants, and dead writers' staging."""
-    now = time.time()
     done = []
     for p in root.iterdir():
         try:
-            if p.name.startswith(".staging-"):
-                if now - p.stat().st_mtime > STALE_SECONDS:
-                    shutil.rmtree(p, ignore_errors=True)
-            elif p.is_dir() and p != keep:
+            if p.name.startswith(STAGING_PREFIX):
+                continue
+            if p.is_dir() and p != keep:
                 done.append(((p / "info.json").stat().st_mtime_ns, p))
         except FileNotFoundError:
             continue
     for _, p in sorted(done, reverse=True)[MAX_KEPT - 1:]:
         shutil.rmtree(p, ignore_errors=True)
+    remove_dead_staging(root)

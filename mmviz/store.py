@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import open_array
-from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+from .atomic import StagingFolder, atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+from .atomic import remove_dead_staging
 from .data import DataFormatError, ImportLimits, ImportReport, PairedSet, Progress, copy_tree_files, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -364,6 +365,7 @@ class Workspace:
             os.rename(ds_dir / "CURRENT", trash / "CURRENT")
             for version in ds_dir.glob("v-*"):
                 os.rename(version, trash / version.name)
+            remove_dead_staging(ds_dir)
             try:
                 ds_dir.rmdir()  # empty unless an import is staging there
             except OSError:
@@ -391,8 +393,8 @@ class Workspace:
         limits = limits or ImportLimits.from_env()
         ds_dir = self.datasets_dir / name
         ds_dir.mkdir(parents=True, exist_ok=True)
-        staging = ds_dir / f".staging-{uuid.uuid4().hex[:12]}"
-        staging.mkdir()
+        staging_folder = StagingFolder(ds_dir)  # its lock tells others this import is alive
+        staging = staging_folder.path
         try:
             is_zip = path.is_file() and path.suffix.lower() == ".zip"
             pset, report = load(path, extract_to=staging / "extract" if is_zip else None,
@@ -422,7 +424,7 @@ class Workspace:
             with self.lock(name):
                 current = self._current(name)
                 if current == version:
-                    shutil.rmtree(staging, ignore_errors=True)
+                    staging_folder.close()
                     self._clean_stale(ds_dir, keep=version.name)
                     return ImportResult(Dataset(name, current), report, "unchanged")
                 if (version / "manifest.json").is_file():
@@ -433,12 +435,14 @@ class Workspace:
                     shutil.rmtree(version, ignore_errors=True)  # a part of one never happens; be sure
                     os.rename(staging, version)
                 atomic_write_bytes(ds_dir / "CURRENT", version.name.encode())
+                staging_folder.close()  # before the clean, which would see this lock held
                 self._clean_stale(ds_dir, keep=version.name)
                 # read while the lock is held: a later commit may replace this version at once
                 dataset = Dataset(name, version)
         except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            staging_folder.close()
             with self.lock(name):
+                remove_dead_staging(ds_dir)
                 # a first import that failed leaves nothing, unless another one is under way
                 if (self._current(name) is None and not any(ds_dir.glob("v-*"))
                         and not any(ds_dir.glob(".staging-*"))):
@@ -504,20 +508,14 @@ class Workspace:
         atomic_write_json(staging / "manifest.json", manifest)
 
     def _clean_stale(self, ds_dir: Path, keep: str | None = None) -> None:
-        """Remove versions that CURRENT no longer names, and staging left by dead imports."""
+        """Remove versions that CURRENT no longer names, and staging left by dead imports (a
+        running import's lock is held, so its staging stays)."""
         current = self._current(ds_dir.name)
         keep = keep or (current.name if current else None)
         for p in ds_dir.iterdir():
             if p.name.startswith("v-") and p.name != keep and keep is not None:
                 shutil.rmtree(p, ignore_errors=True)
-            elif p.name.startswith(".staging-"):
-                # Another import may be running right now; only clear what is clearly abandoned.
-                try:
-                    age = _dt.datetime.now().timestamp() - p.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                if age > 3600:
-                    shutil.rmtree(p, ignore_errors=True)
+        remove_dead_staging(ds_dir)
 
 
 def has_image(table) -> np.ndarray:

@@ -20,14 +20,14 @@ then opened as memory maps, so reopening a million-pair set costs no index and n
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
 
 from .arrays import NpyWriter, open_array, stored_dtype
-from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir
+from .atomic import STAGING_PREFIX, StagingFolder, atomic_write_bytes, atomic_write_json, fsync_dir
+from .atomic import remove_dead_staging
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:
@@ -165,7 +165,9 @@ class EmbeddingCache:
         per kept image row, `caption_keys` per caption of those rows. Chunk by chunk, into a
         staging folder renamed into place, so a reader finds the whole set or none."""
         final = self.set_path(dataset_key)
-        staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging_folder = StagingFolder(final.parent, f"{STAGING_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}")
+        staging = staging_folder.path
         try:
             total, done = len(image_keys) + len(caption_keys), 0
             dt = stored_dtype(None, total * self._dim() * 4)
@@ -189,8 +191,8 @@ class EmbeddingCache:
             except OSError:
                 if not final.exists():
                     raise
-                shutil.rmtree(staging, ignore_errors=True)  # another process assembled the same content
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+                # another process assembled the same content; close() removes this copy
+        finally:
+            staging_folder.close()
+        remove_dead_staging(final.parent)  # sets of killed processes
         return self.open_set(dataset_key)

@@ -97,6 +97,26 @@ def test_only_the_most_recent_variants_are_kept_and_failures_leave_nothing(tmp_p
     assert sorted(p.name for p in (tmp_path / "derived").iterdir()) == sorted([paths[0].name, third.name])
 
 
+def test_a_killed_writers_staging_goes_a_running_ones_stays(tmp_path):
+    """kill -9 leaves a staging folder and its unheld lock file: the next write removes them.
+    A writer still running holds its lock, so its folder stays."""
+    from mmviz.atomic import StagingFolder
+
+    im, tx = gapped(6)
+    root = tmp_path / "derived"
+    root.mkdir()
+    dead = root / ".staging-0123456789ab"
+    dead.mkdir()
+    (dead / "image.npy").write_bytes(b"half")
+    (root / ".staging-0123456789ab.lock").touch()
+    running = StagingFolder(root)
+    got = derived.transformed(tmp_path, {"lam": 0.5}, Shift(0.5), im, tx)
+    left = sorted(p.name for p in root.iterdir())
+    assert left == sorted([got.path.name, running.path.name, running.path.name + ".lock"])
+    running.close()
+    assert [p.name for p in root.iterdir()] == [got.path.name]
+
+
 def test_release_pages_drops_a_read_map_from_the_resident_set(tmp_path):
     """Linux: RssFile counts the mapped file pages this process touched; after release_pages
     they are gone from it, and the values read back the same."""

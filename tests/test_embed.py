@@ -177,6 +177,32 @@ def test_interrupted_job_resumes(ws, demo, spec, tmp_path, monkeypatch, stage):
     assert np.array_equal(e.text_owner, whole.text_owner)
 
 
+def test_assembly_stopped_leaves_no_staging_and_a_dead_ones_is_removed(ws, demo, spec, tmp_path):
+    """A stopped assembly removes its staging folder and lock; one left by a killed process (its
+    lock file free) is removed by the next assembly, which gives the undisturbed vectors."""
+    class Stop(Exception):
+        pass
+
+    def stop_assembling(done, total, stage):
+        if stage == "assembling" and done > 0:
+            raise Stop
+
+    with pytest.raises(Stop):
+        embed(ws, demo, spec, progress=stop_assembling)
+    sets = EmbeddingCache(ws, load_model(spec, device="cpu").fingerprint).path / "sets"
+    assert list(sets.iterdir()) == []
+    dead = sets / ".staging-killed-0123abcd"
+    (dead / "image.npy").parent.mkdir(parents=True)
+    (dead / "image.npy").write_bytes(b"half")
+    (sets / ".staging-killed-0123abcd.lock").touch()  # kill -9 leaves the lock file, unheld
+    e = embed(ws, demo, spec)
+    names = [p.name for p in sets.iterdir()]
+    assert len(names) == 1 and not names[0].startswith("."), names  # the assembled set alone
+    whole = embed(Workspace(tmp_path / "other"), demo, spec)
+    np.testing.assert_array_equal(e.image, whole.image)
+    np.testing.assert_array_equal(e.text, whole.text)
+
+
 def test_corrupt_image_is_skipped_not_fatal(ws, demo, spec, tmp_path):
     t = demo.table()
     bad = demo.image_path(3)

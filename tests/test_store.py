@@ -251,6 +251,37 @@ def test_abandoned_staging_is_cleaned_but_fresh_staging_kept(tmp_path, workspace
     assert not old.exists() and fresh.exists() and not orphan.exists()
 
 
+def test_dead_staging_is_told_from_live_staging_by_its_lock(tmp_path):
+    """remove_dead_staging takes away a folder whose lock file nobody holds (its writer died),
+    a folder with no lock file once stale (mmviz before these locks), and an old lock file
+    whose folder is gone; it keeps a live writer's folder, a young unlocked one, and a young
+    lone lock file (its writer may be about to make the folder)."""
+    from mmviz.atomic import ORPHAN_LOCK_SECONDS, StagingFolder, remove_dead_staging
+
+    live = StagingFolder(tmp_path)
+    assert live.path.is_dir() and (tmp_path / (live.path.name + ".lock")).exists()
+    dead = tmp_path / ".staging-dead"
+    (dead / "vectors").mkdir(parents=True)
+    (tmp_path / ".staging-dead.lock").touch()
+    past = time.time() - 7200
+    legacy_old, legacy_young = tmp_path / ".staging-legacy-old", tmp_path / ".staging-legacy-young"
+    legacy_old.mkdir()
+    legacy_young.mkdir()
+    os.utime(legacy_old, (past, past))
+    lone_old, lone_young = tmp_path / ".staging-gone.lock", tmp_path / ".staging-coming.lock"
+    lone_old.touch()
+    lone_young.touch()
+    old = time.time() - 2 * ORPHAN_LOCK_SECONDS
+    os.utime(lone_old, (old, old))
+    removed = remove_dead_staging(tmp_path, stale_seconds=3600)
+    assert sorted(p.name for p in removed) == [".staging-dead", ".staging-legacy-old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.path.name, live.path.name + ".lock", ".staging-legacy-young", ".staging-coming.lock"])
+    live.close()
+    live.close()  # twice is harmless
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".staging-coming.lock", ".staging-legacy-young"]
+
+
 def test_atomic_write_bytes(tmp_path, monkeypatch):
     target = tmp_path / "sub" / "CURRENT"
     atomic_write_bytes(target, b"v-old")
