@@ -380,41 +380,81 @@ def test_a_full_disk_gives_a_clear_error_and_loses_nothing(tmp_path):
     assert sorted(p.name for p in (ws.datasets_dir / "ds").iterdir()) == ["CURRENT", old.path.name]
 
 
-KILL_CHILD = """
+CACHE_WRITE_CHILD = """
 import sys
 from mmviz.store import Workspace
 from mmviz import results
 from mmviz.embed import stored_embeddings
 ws = Workspace(sys.argv[1])
-if sys.argv[2] == "import":
-    ws.import_path(sys.argv[3], "ds")
-else:
-    ds = ws.open("ds")
-    emb = stored_embeddings(ws, ds, ds.manifest["vector_model"])
-    print("ready", flush=True)
-    from mmviz import projection
-    projection.cached_layout(ws, emb.key_parts, emb.image, emb.text, "pca2", identifies_data=True)
-    results.metrics(ws.home, emb)
+ds = ws.open("ds")
+emb = stored_embeddings(ws, ds, ds.manifest["vector_model"])
+print("ready", flush=True)
+from mmviz import projection
+projection.cached_layout(ws, emb.key_parts, emb.image, emb.text, "pca2", identifies_data=True)
+results.metrics(ws.home, emb)
 """
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
-def test_kill_9_mid_import_keeps_the_previous_version(tmp_path, delay):
+# A child that imports and stops at a named point of the import, says so, and waits to be
+# killed there: kill points by progress, not by the clock, which a faster machine outruns.
+IMPORT_PAUSE_CHILD = """
+import os, sys, time
+from mmviz import store
+from mmviz.store import Workspace
+home, src, point = sys.argv[1:4]
+
+def pause(where):
+    print(where, flush=True)
+    time.sleep(600)
+
+def progress(done, total):
+    if point == "mid-read" and 2 * done >= total:
+        pause(f"mid-read {done}/{total}")
+
+write_version = Workspace._write_version
+def written(self, *args, **kwargs):
+    write_version(self, *args, **kwargs)
+    if point == "written":
+        pause("written")
+Workspace._write_version = written
+
+rename = os.rename
+def renamed(src_path, dst_path):
+    rename(src_path, dst_path)
+    if point == "renamed" and os.path.basename(dst_path).startswith("v-"):
+        pause("renamed")
+store.os.rename = renamed
+Workspace(home).import_path(src, "ds", progress=progress)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("point", ["mid-read", "written", "renamed"])
+def test_kill_9_mid_import_keeps_the_previous_version(tmp_path, point):
+    """kill -9 while the vectors stream in, once the new version is written whole in staging,
+    and after its rename but before CURRENT names it: the 30 stored pairs stay the dataset."""
     import signal
     import subprocess
     import sys
-    import time
 
     env, home, ws, old, big = _stored_and_bigger(tmp_path, 150_000, 128)
-    child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(home), "import", str(big)], env=env)
-    time.sleep(delay)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    child = subprocess.Popen([sys.executable, "-c", IMPORT_PAUSE_CHILD, str(home), str(big), point],
+                             env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        said = child.stdout.readline().strip()
+        assert said.startswith(point), f"the import did not stop at {point!r}: {said!r}"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
     ds = ws.open("ds")
     assert ds.path == old.path and len(ds.table()) == 30 and ds.vectors()[0].shape == (30, 8)
     # the next import completes; the dead one's staging is not taken for a version
     new = ws.import_path(big, "ds")
     assert new.status == "updated" and len(new.dataset) == 150_000
+    # and the dead one's staging folder is gone (a lone lock file may wait ORPHAN_LOCK_SECONDS)
+    assert not [p for p in new.dataset.path.parent.glob(".staging-*") if p.is_dir()]
 
 
 def test_kill_9_mid_cache_write_never_leaves_a_cache_that_is_read_back(tmp_path):
@@ -438,7 +478,7 @@ def test_kill_9_mid_cache_write_never_leaves_a_cache_that_is_read_back(tmp_path)
     np.save(src, np.random.default_rng(0).normal(size=(2, 100_000, 64)).astype(np.float32))
     ws.import_path(src, "ds")
     for delay in (0.2, 0.6, 1.0, 1.6, 2.4):
-        child = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(home), "cache"], env=env,
+        child = subprocess.Popen([sys.executable, "-c", CACHE_WRITE_CHILD, str(home)], env=env,
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "ready"
         time.sleep(delay)
