@@ -403,5 +403,16 @@ def _load(s: ModelSpec, dev, r: Resolved, precision: str | None = None) -> Loade
                                                           device=dev, weights_only=True, **pp)
     model.eval()
     tokenizer = oc.get_tokenizer(name)
-    dtype = next(model.parameters()).dtype
-    return LoadedModel(s, model, preprocess, tokenizer, dev, dtype, r.fingerprint, r.weights)
+    return LoadedModel(s, model, preprocess, tokenizer, dev, image_input_dtype(model), r.fingerprint, r.weights)
+
+
+def image_input_dtype(model):
+    """The dtype the image tower's first layer takes. Not simply the first parameter's: open_clip's
+    fp16 and bf16 (the default on CUDA) convert only convolutions, linear layers and attention,
+    and leave embeddings such as `positional_embedding` in float32."""
+    import torch
+
+    for m in model.visual.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            return m.weight.dtype
+    return next(model.visual.parameters()).dtype

@@ -203,6 +203,22 @@ def test_assembly_stopped_leaves_no_staging_and_a_dead_ones_is_removed(ws, demo,
     np.testing.assert_array_equal(e.text, whole.text)
 
 
+@pytest.mark.parametrize("precision, dtype, min_cos", [("fp16", torch.float16, 0.999), ("bf16", torch.bfloat16, 0.99)])
+def test_a_half_precision_model_embeds_close_to_float32(ws, demo, spec, precision, dtype, min_cos):
+    """On CUDA models load in fp16. open_clip then casts only some layers (its embeddings stay
+    float32), so the images go in as the image tower's first layer takes them."""
+    from mmviz.models import build_model
+
+    half = build_model(spec, "cpu", precision)
+    assert half.dtype == dtype
+    got = embed_dataset(Workspace(ws.home.parent / "half"), demo, half, batch_size=16, workers=0)
+    want = embed(ws, demo, spec)
+    assert got.image.dtype == want.image.dtype == np.float32
+    for a, b in ((got.image, want.image), (got.text, want.text)):
+        np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-3)
+        assert (a * b).sum(1).min() > min_cos
+
+
 def test_corrupt_image_is_skipped_not_fatal(ws, demo, spec, tmp_path):
     t = demo.table()
     bad = demo.image_path(3)
