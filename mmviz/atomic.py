@@ -87,12 +87,6 @@ class StagingFolder:
             self._lock.release()
             Path(self._lock.lock_file).unlink(missing_ok=True)
 
-    def __enter__(self) -> Path:
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def remove_dead_staging(parent: str | os.PathLike, stale_seconds: float = STALE_STAGING_SECONDS) -> list[Path]:
     """Remove the staging folders in `parent` whose writer has died (its lock is free), and

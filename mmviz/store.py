@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .arrays import open_array
-from .atomic import StagingFolder, atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
-from .atomic import remove_dead_staging
+from .atomic import atomic_write_bytes, atomic_write_json, fsync_dir  # noqa: F401 (re-exported)
+from .atomic import STAGING_PREFIX, StagingFolder, remove_dead_staging
 from .data import DataFormatError, ImportLimits, ImportReport, PairedSet, Progress, copy_tree_files, load
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -445,7 +445,7 @@ class Workspace:
                 remove_dead_staging(ds_dir)
                 # a first import that failed leaves nothing, unless another one is under way
                 if (self._current(name) is None and not any(ds_dir.glob("v-*"))
-                        and not any(ds_dir.glob(".staging-*"))):
+                        and not any(ds_dir.glob(f"{STAGING_PREFIX}*"))):
                     shutil.rmtree(ds_dir, ignore_errors=True)
             if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
                 raise OSError(exc.errno, f"writing dataset {name} into {self.home} failed ({exc.strerror}); "
